@@ -1,0 +1,69 @@
+# rnnserve — every install step lives here, so a fresh clone needs nothing done by hand.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PROTO_DIR := protos
+MODEL_REPOSITORY ?= models/repository
+
+.PHONY: help serve venv venv-dev test test-fast lint typecheck proto proto-check data models bench container-test clean
+
+help:
+	@echo "make serve     fresh clone -> running server on the shipped models (+ a client demo)"
+	@echo "make test      create the dev environment and run the whole test suite"
+	@echo "make proto     regenerate the committed gRPC code from protos/"
+	@echo "make data      fetch the pinned training data (sha256-checked) into .cache/data"
+	@echo "make models    retrain and export the whole shipped model repository"
+	@echo "make bench     run the benchmark (docs/benchmarks.md)"
+
+$(VENV)/.server: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e ".[server]"
+	touch $@
+
+$(VENV)/.dev: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e ".[dev,train]"
+	touch $(VENV)/.server $@
+
+venv: $(VENV)/.server
+venv-dev: $(VENV)/.dev
+
+serve: $(VENV)/.server
+	bash scripts/quickstart.sh
+
+test: $(VENV)/.dev
+	bash scripts/test.sh
+
+test-fast: $(VENV)/.dev
+	bash scripts/test.sh -m "not slow and not docker"
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.dev
+	$(VENV)/bin/mypy service/rnnserve/server client/rnnserve/client
+
+proto: $(VENV)/.dev
+	$(PY) scripts/gen_proto.py
+
+proto-check: $(VENV)/.dev
+	$(PY) scripts/gen_proto.py --check
+
+data: $(VENV)/.dev
+	$(PY) -m rnnserve.training data
+
+models: $(VENV)/.dev
+	$(PY) -m rnnserve.training build-repository --output $(MODEL_REPOSITORY)
+
+bench: $(VENV)/.dev
+	$(PY) bench/run.py
+
+container-test: $(VENV)/.dev
+	bash scripts/container_test.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -1,0 +1,86 @@
+"""Domain errors of the serving core; they carry no transport codes (transport/errors.py maps them)."""
+
+from __future__ import annotations
+
+
+class RnnServeError(Exception):
+    """Base of every error the core raises on purpose; `field` names the request field at fault."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def with_field_prefix(self, prefix: str) -> RnnServeError:
+        """Return the same error with its field path under `prefix` (e.g. "step" + "tokens.ids[3]")."""
+        if self.field is not None:
+            joined = f"{prefix}.{self.field}" if self.field and not self.field.startswith("[") else f"{prefix}{self.field}"
+            self.field = joined
+        elif prefix:
+            self.field = prefix
+        return self
+
+
+class InvalidInput(RnnServeError):
+    """The request is malformed: bad dtype, shape, width, token id, NaN, empty, too long."""
+
+
+class ModelNotFound(RnnServeError):
+    """No model (or no such version of it) is served."""
+
+
+class SessionNotFound(RnnServeError):
+    """The session does not exist; `reason` is one of unknown, expired, evicted, closed."""
+
+    def __init__(self, session_id: str, reason: str = "unknown") -> None:
+        messages = {
+            "unknown": "does not exist on this server",
+            "expired": "expired after being idle longer than its TTL",
+            "evicted": "was evicted to make room for new sessions",
+            "closed": "was closed",
+        }
+        super().__init__(
+            f"session {session_id!r} {messages.get(reason, reason)}", field="session_id"
+        )
+        self.session_id = session_id
+        self.reason = reason
+
+
+class SessionPermissionDenied(RnnServeError):
+    """The session belongs to another identity."""
+
+
+class ModelNotStreamable(RnnServeError):
+    """Sessions (streaming, stepping, generation) on a bidirectional / whole-sequence model."""
+
+
+class NotALanguageModel(RnnServeError):
+    """Generation asked of a model that does not predict tokens."""
+
+
+class SessionBusy(RnnServeError):
+    """A step arrived while another step of the same session was running, or out of order."""
+
+
+class CapacityExceeded(RnnServeError):
+    """No room for another session (max_sessions reached, none reclaimable)."""
+
+
+class Overloaded(RnnServeError):
+    """The scheduler's queue is full; retry after `retry_after_s`."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 0.05) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class InvalidSnapshot(RnnServeError):
+    """A snapshot is corrupted, forged, of an unknown format, or for another model/weights."""
+
+
+class DeadlineExceeded(RnnServeError):
+    """The step's deadline passed while it waited; the state is untouched."""
+
+
+class ShuttingDown(RnnServeError):
+    """The server is draining and accepts no new work."""

@@ -1,0 +1,52 @@
+"""Server configuration: one object read from RNNSERVE_* environment variables; CLI flags map 1:1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Field `foo_bar` is env `RNNSERVE_FOO_BAR` and flag `--foo-bar`."""
+
+    model_config = SettingsConfigDict(env_prefix="RNNSERVE_", extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="Address the gRPC server binds.")
+    port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0 picks a free one).")
+    metrics_port: int | None = Field(
+        default=9090, description="Prometheus metrics HTTP port on `host`; unset/-1 disables it."
+    )
+    model_repository: Path = Field(
+        default=Path("models/repository"), description="Folder of <name>/model.json + <version>/."
+    )
+    models: list[str] | None = Field(
+        default=None, description="Serve only these model names (default: every model found)."
+    )
+    session_ttl_s: float = Field(default=600.0, gt=0, description="Idle time before a session expires.")
+    max_sessions: int = Field(default=100_000, gt=0, description="Most live sessions in all.")
+    max_steps_per_message: int = Field(
+        default=4096, gt=0, description="Most steps one message (or prompt) may carry."
+    )
+    max_generate_tokens: int = Field(default=4096, gt=0, description="Cap on Generate's max_tokens.")
+    max_batch_size: int = Field(
+        default=256, gt=0, description="Most sessions one onnxruntime call serves."
+    )
+    max_queue: int = Field(
+        default=4096, gt=0, description="Most steps waiting per model; beyond it RESOURCE_EXHAUSTED."
+    )
+    intra_op_threads: int = Field(
+        default=1, ge=0, description="onnxruntime intra-op threads per model (0 = onnxruntime's choice)."
+    )
+    snapshot_dir: Path | None = Field(
+        default=None,
+        description="Where live sessions are written on graceful shutdown and restored at start.",
+    )
+    snapshot_secret: SecretStr | None = Field(
+        default=None, description="If set, snapshots are HMAC-SHA256 signed and verified with it."
+    )
+    shutdown_grace_s: float = Field(default=10.0, ge=0, description="Drain time on SIGTERM.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = Field(default=False, description="Structured JSON logs, one object per line.")
