@@ -12,12 +12,12 @@ class RnnServeError(Exception):
         self.field = field
 
     def with_field_prefix(self, prefix: str) -> RnnServeError:
-        """Return the same error with its field path under `prefix` (e.g. "step" + "tokens.ids[3]")."""
-        if self.field is not None:
-            joined = f"{prefix}.{self.field}" if self.field and not self.field.startswith("[") else f"{prefix}{self.field}"
-            self.field = joined
+        """Put the field path under `prefix`: "step" + "tokens.ids[3]" -> "step.tokens.ids[3]"."""
+        if not self.field:
+            self.field = prefix or self.field
         elif prefix:
-            self.field = prefix
+            separator = "" if self.field.startswith("[") else "."
+            self.field = f"{prefix}{separator}{self.field}"
         return self
 
 
