@@ -1,4 +1,4 @@
-"""Tiny seeded ONNX recurrent models (built with onnx.helper, no torch) and a whole-sequence reference runner.
+"""Tiny seeded ONNX recurrent models (onnx.helper, no torch) and a whole-sequence reference runner.
 
 Every model follows the manifest contract (rnnserve.server.manifest): a batch-first input
 (`tokens` int64 [batch, time] or `features` float32 [batch, time, width]), per-step outputs
@@ -74,7 +74,7 @@ def _recurrent_model(
     output_name: str,
     seed: int,
 ) -> onnx.ModelProto:
-    """Embedding (tokens) or identity (features) -> stacked recurrent ops -> linear head per step."""
+    """Embedding (tokens) or identity (features) -> stacked recurrent ops -> per-step head."""
     rng = np.random.default_rng(seed)
     inits: list[TensorProto] = []
     nodes: list[onnx.NodeProto] = []
@@ -242,7 +242,7 @@ def build_language_model(
     unknown_token: int | None = None,
     seeds: dict[int, int] | None = None,
 ) -> ModelManifest:
-    """A token language model: logits over the vocabulary at every step. `seeds`: version -> seed."""
+    """A token language model: logits over the vocabulary per step. `seeds`: version -> seed."""
     vocab = vocabulary or LM_VOCABULARY
     seeds = seeds or {1: 1}
     build = dict(
