@@ -480,6 +480,7 @@ class Error(_message.Message):
     CODE_NAME_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     FIELD_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     """The gRPC status code number (3 = INVALID_ARGUMENT, 5 = NOT_FOUND, ...)."""
     code_name: _builtins.str
@@ -488,6 +489,11 @@ class Error(_message.Message):
     """Human-readable message."""
     field: _builtins.str
     """The request field at fault, e.g. "step.tokens.ids[3]", when one is."""
+    retry_after_ms: _builtins.int
+    """For RESOURCE_EXHAUSTED caused by a full queue: milliseconds to wait before retrying
+    (0 = no hint). Unary and Generate calls carry the same hint as the `retry-after-ms`
+    trailing metadata.
+    """
     def __init__(
         self,
         *,
@@ -495,10 +501,11 @@ class Error(_message.Message):
         code_name: _builtins.str = ...,
         message: _builtins.str = ...,
         field: _builtins.str = ...,
+        retry_after_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "code_name", b"code_name", "field", b"field", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "code_name", b"code_name", "field", b"field", "message", b"message", "retry_after_ms", b"retry_after_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
