@@ -1,0 +1,124 @@
+"""What one load run does: the target, the workload shape and the bounds that always stop it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+Mode = Literal["stream", "step", "generate", "predict"]
+OutputFormatName = Literal["raw", "probabilities", "top_k", "none"]
+OutputStepsName = Literal["all", "last"]
+
+MODES: tuple[Mode, ...] = ("stream", "step", "generate", "predict")
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+class ConfigError(ValueError):
+    """A load configuration that cannot run (bad bound, bad mode, ...)."""
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """One load run.
+
+    Closed loop (the default): `concurrency` workers each run sessions one after another; a session
+    sends `steps` messages, each waiting for its reply. Open loop (`rate` set): messages are
+    scheduled at `rate` messages/s in all, spread evenly over the `concurrency` sessions; latency
+    is measured from the scheduled send time, so a slow server cannot hide its queue (no
+    coordinated omission).
+
+    The run always stops by itself: after `sessions` sessions (default: one per worker), after
+    `max_messages` messages, or after `duration_s`, whichever comes first.
+    """
+
+    target: str = DEFAULT_TARGET
+    model: str = "char-lstm"
+    version: int = 0
+    mode: Mode = "stream"
+    concurrency: int = 1
+    steps: int = 100
+    """Messages per session (for `generate`: tokens generated per session)."""
+    steps_per_message: int = 1
+    """Input steps (tokens or frames) each message carries; the prompt length for `generate`."""
+    sessions: int | None = None
+    """Sessions in all; default one per worker, or unbounded when only `duration_s` is set."""
+    duration_s: float | None = None
+    max_messages: int | None = None
+    rate: float | None = None
+    """Open loop: target messages per second in all; None = closed loop."""
+    warmup_messages: int = 10
+    """Messages each worker sends on a throw-away session before measuring (0 = no warm-up)."""
+    start_position: int = 0
+    """Feed each session this many steps (untimed, in big chunks) before its timed messages.
+    For `predict`, the prefix length of the first timed message."""
+    output_format: OutputFormatName = "raw"
+    output_steps: OutputStepsName = "all"
+    timeout_s: float = 30.0
+    """Deadline of each call."""
+    identity: str = "rnnserve-load"
+    """Sent as `x-client-id` metadata."""
+    metrics_url: str | None = None
+    """The server's Prometheus endpoint, scraped before and after the timed phase."""
+    seed: int = 0
+    vocab_size: int = 100
+    """Token range used when the server cannot describe the model (e.g. the echo server)."""
+    feature_width: int = 1
+    """Frame width used when the server cannot describe a feature model."""
+    progress: bool = False
+    time_bucket_s: float = 0.5
+    """Width of the throughput-over-time buckets."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError if this run could not run or might never stop."""
+        if self.mode not in MODES:
+            raise ConfigError(f"mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency: must be >= 1, got {self.concurrency}")
+        if self.steps < 1:
+            raise ConfigError(f"steps: must be >= 1, got {self.steps}")
+        if self.steps_per_message < 1:
+            raise ConfigError(f"steps_per_message: must be >= 1, got {self.steps_per_message}")
+        if self.sessions is not None and self.sessions < 1:
+            raise ConfigError(f"sessions: must be >= 1, got {self.sessions}")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ConfigError(f"duration_s: must be > 0, got {self.duration_s}")
+        if self.max_messages is not None and self.max_messages < 1:
+            raise ConfigError(f"max_messages: must be >= 1, got {self.max_messages}")
+        if self.rate is not None and self.rate <= 0:
+            raise ConfigError(f"rate: must be > 0 messages/s, got {self.rate}")
+        if self.warmup_messages < 0 or self.start_position < 0:
+            raise ConfigError("warmup_messages and start_position must be >= 0")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"timeout_s: must be > 0, got {self.timeout_s}")
+        if self.time_bucket_s <= 0:
+            raise ConfigError(f"time_bucket_s: must be > 0, got {self.time_bucket_s}")
+        if not self.target or ":" not in self.target:
+            raise ConfigError(f"target: expected host:port, got {self.target!r}")
+
+    @property
+    def session_budget(self) -> int | None:
+        """Sessions to run in all; None = until another bound stops the run."""
+        if self.sessions is not None:
+            return self.sessions
+        if self.duration_s is not None or self.max_messages is not None:
+            return None
+        return self.concurrency
+
+    @property
+    def message_budget(self) -> int | None:
+        """Timed messages in all, when the bounds fix it."""
+        budgets = []
+        if self.max_messages is not None:
+            budgets.append(self.max_messages)
+        sessions = self.session_budget
+        if sessions is not None:
+            budgets.append(sessions * self.steps)
+        return min(budgets) if budgets else None
+
+    def replace(self, **changes: object) -> LoadConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

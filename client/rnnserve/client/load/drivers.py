@@ -1,0 +1,309 @@
+"""One session's worth of traffic per mode: bidirectional Stream, unary Step, Generate, Predict."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from rnnserve.client.load.config import LoadConfig
+from rnnserve.client.load.inputs import InputFactory
+from rnnserve.client.load.pacing import Bounds, Pacer
+from rnnserve.client.load.stats import Recorder
+from rnnserve.v1 import rnnserve_pb2 as pb
+from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
+
+_FORMATS = {
+    "raw": pb.OUTPUT_FORMAT_RAW,
+    "probabilities": pb.OUTPUT_FORMAT_PROBABILITIES,
+    "top_k": pb.OUTPUT_FORMAT_TOP_K,
+    "none": pb.OUTPUT_FORMAT_NONE,
+}
+_STEPS = {"all": pb.OUTPUT_STEPS_ALL, "last": pb.OUTPUT_STEPS_LAST}
+# Failures after which a unary session carries on; any other code ends the session.
+_TRANSIENT = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.ABORTED,
+}
+# Replies to the untimed feeding of `start_position` steps stay tiny.
+_QUIET = pb.OutputOptions(steps=pb.OUTPUT_STEPS_LAST, format=pb.OUTPUT_FORMAT_NONE)
+
+
+@dataclass
+class RunContext:
+    """What every session of one phase shares."""
+
+    config: LoadConfig
+    inputs: InputFactory
+    recorder: Recorder
+    bounds: Bounds
+    max_chunk: int
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("x-client-id", self.config.identity),)
+
+    @property
+    def output(self) -> pb.OutputOptions:
+        return pb.OutputOptions(
+            steps=_STEPS[self.config.output_steps], format=_FORMATS[self.config.output_format]
+        )
+
+    @property
+    def model_ref(self) -> pb.ModelRef:
+        return pb.ModelRef(name=self.config.model, version=self.config.version)
+
+    def feed_chunks(self) -> list[pb.StepInput]:
+        """The untimed inputs that bring a session to `start_position`."""
+        left, chunks = self.config.start_position, []
+        while left > 0:
+            size = min(left, self.max_chunk)
+            chunks.append(self.inputs.build(size))
+            left -= size
+        return chunks
+
+
+class SessionDriver(Protocol):
+    async def run_session(self, stub: pb_grpc.InferenceServiceStub, pacer: Pacer) -> None: ...
+
+
+class _Cycle:
+    """Round-robin over a pool of pre-built inputs."""
+
+    def __init__(self, pool: list[pb.StepInput]) -> None:
+        self._pool = pool
+        self._index = 0
+
+    def next(self) -> pb.StepInput:
+        item = self._pool[self._index % len(self._pool)]
+        self._index += 1
+        return item
+
+
+class StreamDriver:
+    """One bidirectional Stream per session: open, `steps` step messages, close."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        steps = ctx.config.steps_per_message
+        self._requests = [
+            pb.StreamRequest(step=item, output=ctx.output) for item in ctx.inputs.pool(steps)
+        ]
+        self._index = 0
+
+    async def run_session(self, stub: pb_grpc.InferenceServiceStub, pacer: Pacer) -> None:
+        ctx, config, recorder = self.ctx, self.ctx.config, self.ctx.recorder
+        started = time.perf_counter()
+        chunks = ctx.feed_chunks()
+        call = stub.Stream(
+            metadata=ctx.metadata, timeout=config.timeout_s * (config.steps + len(chunks) + 2)
+        )
+        first = True
+        try:
+            await call.write(pb.StreamRequest(open=pb.OpenSession(model=ctx.model_ref)))
+            if not _stream_ok(await call.read(), recorder):
+                return
+            for chunk in chunks:
+                await call.write(pb.StreamRequest(step=chunk, output=_QUIET))
+                if not _stream_ok(await call.read(), recorder):
+                    return
+            steps = config.steps_per_message
+            for _ in range(config.steps):
+                if not ctx.bounds.take_message():
+                    break
+                request = self._requests[self._index % len(self._requests)]
+                self._index += 1
+                sent = await pacer.wait()
+                await call.write(request)
+                reply = await call.read()
+                done = time.perf_counter()
+                if reply is grpc.aio.EOF:
+                    recorder.error("UNAVAILABLE")
+                    return
+                if reply.WhichOneof("kind") == "error":
+                    recorder.error(reply.error.code_name or str(reply.error.code))
+                    continue
+                recorder.ok(done, done - sent, steps)
+                if first:
+                    recorder.session_first_output(done - started)
+                    first = False
+            await call.write(pb.StreamRequest(control=pb.CONTROL_ACTION_CLOSE))
+            await call.read()
+            await call.done_writing()
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        except grpc.aio.AioRpcError as err:
+            recorder.error(err.code().name)
+        finally:
+            call.cancel()
+            recorder.session_done()
+
+
+def _stream_ok(reply: object, recorder: Recorder) -> bool:
+    """Check an untimed stream reply (open, feeding); a failure counts as one error."""
+    if reply is grpc.aio.EOF:
+        recorder.error("UNAVAILABLE")
+        return False
+    assert isinstance(reply, pb.StreamResponse)
+    if reply.WhichOneof("kind") == "error":
+        recorder.error(reply.error.code_name or str(reply.error.code))
+        return False
+    return True
+
+
+class StepDriver:
+    """Unary calls: CreateSession, `steps` Step calls, CloseSession."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self._inputs = _Cycle(ctx.inputs.pool(ctx.config.steps_per_message))
+
+    async def run_session(self, stub: pb_grpc.InferenceServiceStub, pacer: Pacer) -> None:
+        ctx, config, recorder = self.ctx, self.ctx.config, self.ctx.recorder
+        timeout, metadata, output = config.timeout_s, ctx.metadata, ctx.output
+        started = time.perf_counter()
+        try:
+            created = await stub.CreateSession(
+                pb.CreateSessionRequest(model=ctx.model_ref), timeout=timeout, metadata=metadata
+            )
+        except grpc.aio.AioRpcError as err:
+            recorder.error(err.code().name)
+            recorder.session_done()
+            return
+        session_id = created.session.session_id
+        first = True
+        try:
+            for chunk in ctx.feed_chunks():
+                await stub.Step(
+                    pb.StepRequest(session_id=session_id, input=chunk, output=_QUIET),
+                    timeout=timeout,
+                    metadata=metadata,
+                )
+            steps = config.steps_per_message
+            for _ in range(config.steps):
+                if not ctx.bounds.take_message():
+                    break
+                request = pb.StepRequest(
+                    session_id=session_id, input=self._inputs.next(), output=output
+                )
+                sent = await pacer.wait()
+                try:
+                    await stub.Step(request, timeout=timeout, metadata=metadata)
+                except grpc.aio.AioRpcError as err:
+                    recorder.error(err.code().name)
+                    if err.code() in _TRANSIENT:
+                        continue
+                    return
+                done = time.perf_counter()
+                recorder.ok(done, done - sent, steps)
+                if first:
+                    recorder.session_first_output(done - started)
+                    first = False
+        except grpc.aio.AioRpcError as err:
+            recorder.error(err.code().name)
+        finally:
+            recorder.session_done()
+            # An expired or already-closed session is not the load's concern.
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                close = pb.CloseSessionRequest(session_id=session_id)
+                await stub.CloseSession(close, timeout=timeout, metadata=metadata)
+
+
+class GenerateDriver:
+    """One Generate call per session: a prompt of `steps_per_message` tokens, `steps` tokens out.
+
+    Each streamed token is one message: its latency is the gap since the previous token (the
+    first token's is the time to first output).
+    """
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self._seed = ctx.config.seed
+
+    async def run_session(self, stub: pb_grpc.InferenceServiceStub, pacer: Pacer) -> None:
+        ctx, config, recorder = self.ctx, self.ctx.config, self.ctx.recorder
+        self._seed += 1
+        request = pb.GenerateRequest(
+            model=ctx.model_ref,
+            tokens=pb.TokenIds(ids=ctx.inputs.tokens(config.steps_per_message).tolist()),
+            sampling=pb.SamplingParams(temperature=1.0, seed=self._seed),
+            max_tokens=config.steps,
+            close_session=True,
+        )
+        started = time.perf_counter()
+        call = stub.Generate(
+            request, timeout=config.timeout_s * (config.steps + 1), metadata=ctx.metadata
+        )
+        previous = started
+        try:
+            async for _reply in call:
+                done = time.perf_counter()
+                if not ctx.bounds.take_message():
+                    break
+                recorder.ok(done, done - previous, 1)
+                if previous == started:
+                    recorder.session_first_output(done - started)
+                previous = done
+        except grpc.aio.AioRpcError as err:
+            recorder.error(err.code().name)
+        finally:
+            call.cancel()
+            recorder.session_done()
+
+
+class PredictDriver:
+    """The naive stateless baseline: every message re-sends the whole prefix through Predict.
+
+    Message i of a session carries the first `start_position + (i + 1) * steps_per_message`
+    steps and asks only for the last step's output, as a client of a stateless server must.
+    """
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    async def run_session(self, stub: pb_grpc.InferenceServiceStub, pacer: Pacer) -> None:
+        ctx, config, recorder = self.ctx, self.ctx.config, self.ctx.recorder
+        steps = config.steps_per_message
+        sequence = ctx.inputs.tokens(config.start_position + config.steps * steps)
+        output = pb.OutputOptions(steps=pb.OUTPUT_STEPS_LAST, format=_FORMATS[config.output_format])
+        started = time.perf_counter()
+        first = True
+        try:
+            for index in range(config.steps):
+                if not ctx.bounds.take_message():
+                    break
+                length = config.start_position + (index + 1) * steps
+                request = pb.PredictRequest(
+                    model=ctx.model_ref,
+                    sequences=[ctx.inputs.prefix(sequence[:length])],
+                    output=output,
+                )
+                sent = await pacer.wait()
+                try:
+                    await stub.Predict(request, timeout=config.timeout_s, metadata=ctx.metadata)
+                except grpc.aio.AioRpcError as err:
+                    recorder.error(err.code().name)
+                    if err.code() in _TRANSIENT:
+                        continue
+                    return
+                done = time.perf_counter()
+                recorder.ok(done, done - sent, steps)
+                if first:
+                    recorder.session_first_output(done - started)
+                    first = False
+        finally:
+            recorder.session_done()
+
+
+def make_driver(ctx: RunContext) -> SessionDriver:
+    """The session driver for the configured mode."""
+    drivers: dict[str, type[StreamDriver | StepDriver | GenerateDriver | PredictDriver]] = {
+        "stream": StreamDriver,
+        "step": StepDriver,
+        "generate": GenerateDriver,
+        "predict": PredictDriver,
+    }
+    return drivers[ctx.config.mode](ctx)
