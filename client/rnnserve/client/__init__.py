@@ -1,0 +1,102 @@
+"""The rnnserve Python client: sessions that keep a recurrent model's state on the server.
+
+Synchronous use::
+
+    from rnnserve.client import Client
+
+    with Client("localhost:50051") as client:
+        with client.session("char-lstm") as s:
+            out = s.feed("hello", output="top_k", top_k=3)   # StepOutput, numpy arrays
+            print(out.labels, out.step_count)
+            for piece in s.generate(max_tokens=50, seed=1):  # continues from the state
+                print(piece, end="")
+        for piece in client.generate("char-lstm", "Once ", max_tokens=50):
+            print(piece, end="")
+
+``AsyncClient`` has the same methods for asyncio. Every failed call raises a subclass of
+:class:`RnnServeError` named after its gRPC status code.
+"""
+
+from rnnserve.client._aio import AsyncClient, AsyncGeneration, AsyncOutputStream, AsyncSession
+from rnnserve.client._client import CLIENT_ID_KEY, Client
+from rnnserve.client._errors import (
+    Aborted,
+    AlreadyExists,
+    Cancelled,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    RnnServeError,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    Unknown,
+)
+from rnnserve.client._retry import NO_RETRY, RetryPolicy
+from rnnserve.client._session import Session
+from rnnserve.client._streams import Generation, OutputStream
+from rnnserve.client._types import (
+    FinishReason,
+    GeneratedToken,
+    InputLike,
+    ModelInfo,
+    ModelOutput,
+    OutputFormat,
+    OutputInfo,
+    OutputOptions,
+    OutputSteps,
+    SessionInfo,
+    StateInfo,
+    StepOutput,
+)
+from rnnserve.client._vocabulary import Vocabulary
+
+__all__ = [
+    "CLIENT_ID_KEY",
+    "NO_RETRY",
+    "Aborted",
+    "AlreadyExists",
+    "AsyncClient",
+    "AsyncGeneration",
+    "AsyncOutputStream",
+    "AsyncSession",
+    "Cancelled",
+    "Client",
+    "DataLoss",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "FinishReason",
+    "GeneratedToken",
+    "Generation",
+    "InputLike",
+    "Internal",
+    "InvalidArgument",
+    "ModelInfo",
+    "ModelOutput",
+    "NotFound",
+    "OutOfRange",
+    "OutputFormat",
+    "OutputInfo",
+    "OutputOptions",
+    "OutputSteps",
+    "OutputStream",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "RnnServeError",
+    "Session",
+    "SessionInfo",
+    "StateInfo",
+    "StepOutput",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "Unknown",
+    "Vocabulary",
+]

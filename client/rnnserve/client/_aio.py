@@ -1,0 +1,673 @@
+"""The asyncio client: the same methods as Client, awaitable, over a grpc.aio channel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Sequence,
+)
+from typing import Any
+
+import grpc
+import grpc.aio
+from rnnserve.client._client import call_metadata
+from rnnserve.client._codec import (
+    decode_model,
+    decode_result,
+    decode_session,
+    decode_token,
+    encode_input,
+    encode_options,
+    generate_request,
+    output_options,
+)
+from rnnserve.client._errors import (
+    InvalidArgument,
+    NotFound,
+    RnnServeError,
+    convert_rpc_error,
+    from_stream_error,
+)
+from rnnserve.client._retry import RetryPolicy
+from rnnserve.client._session import UNCERTAIN_CODES
+from rnnserve.client._types import (
+    FinishReason,
+    GeneratedToken,
+    InputLike,
+    ModelInfo,
+    OutputFormat,
+    OutputOptions,
+    OutputSteps,
+    SessionInfo,
+    StepOutput,
+)
+from rnnserve.client._vocabulary import Vocabulary
+from rnnserve.v1 import rnnserve_pb2 as pb
+from rnnserve.v1 import rnnserve_pb2_grpc
+
+_SENT = "sent"
+_LOCAL_ERROR = "local"
+_RAISED = "raised"
+_END = "end"
+
+
+class AsyncOutputStream(AsyncIterator[StepOutput]):
+    """The asyncio :class:`~rnnserve.client.OutputStream`: ``async for`` gives one output per
+    input; a refused input raises its error from ``__anext__`` and the stream carries on
+    (:meth:`results` yields errors in place instead)."""
+
+    def __init__(
+        self,
+        start: Callable[[], Any],
+        open_request: pb.StreamRequest,
+        inputs: Iterable[InputLike] | AsyncIterable[InputLike],
+        options: OutputOptions,
+        vocabulary: Vocabulary | None,
+        on_output: Callable[[StepOutput | None], None] = lambda _: None,
+    ) -> None:
+        self._start = start
+        self._open_request = open_request
+        self._inputs = inputs
+        self._options = encode_options(options)
+        self._vocabulary = vocabulary
+        self._on_output = on_output
+        self._pending: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._call: Any = None
+        self._writer: asyncio.Task[None] | None = None
+        self._session: SessionInfo | None = None
+        self._finished = False
+
+    @property
+    def session(self) -> SessionInfo | None:
+        """The session as described when the stream opened (after the first output)."""
+        return self._session
+
+    async def _items(self) -> AsyncIterator[InputLike]:
+        if isinstance(self._inputs, AsyncIterable):
+            async for item in self._inputs:
+                yield item
+        else:
+            for item in self._inputs:
+                yield item
+
+    async def _write(self) -> None:
+        try:
+            await self._call.write(self._open_request)
+            index = 0
+            async for item in self._items():
+                try:
+                    step = encode_input(item, self._vocabulary)
+                except (TypeError, ValueError) as error:
+                    self._pending.put_nowait((_LOCAL_ERROR, error))
+                    continue
+                self._pending.put_nowait((_SENT, None))
+                request = pb.StreamRequest(request_id=str(index), step=step, output=self._options)
+                index += 1
+                await self._call.write(request)
+            await self._call.done_writing()
+        except asyncio.CancelledError:
+            raise
+        except grpc.RpcError:
+            pass  # the call failed; the reader reports its status
+        except Exception as error:  # the caller's iterable failed: hand it to the reader
+            self._pending.put_nowait((_RAISED, error))
+            await self._call.done_writing()
+        finally:
+            self._pending.put_nowait((_END, None))
+
+    async def _read(self) -> pb.StreamResponse:
+        try:
+            response = await self._call.read()
+        except grpc.RpcError as error:
+            self._finish()
+            self._on_output(None)
+            raise convert_rpc_error(error) from None
+        if response is grpc.aio.EOF:
+            self._finish()
+            raise RnnServeError("the server ended the stream early", code=grpc.StatusCode.INTERNAL)
+        return response  # type: ignore[no-any-return]
+
+    def _finish(self) -> None:
+        self._finished = True
+
+    async def __anext__(self) -> StepOutput:
+        if self._finished:
+            raise StopAsyncIteration
+        if self._call is None:
+            self._call = self._start()
+            self._writer = asyncio.ensure_future(self._write())
+        if self._session is None:
+            response = await self._read()
+            if response.HasField("error"):
+                self.cancel()
+                raise from_stream_error(response.error)
+            self._session = decode_session(response.session)
+        kind, value = await self._pending.get()
+        if kind == _END:
+            self._finish()
+            raise StopAsyncIteration
+        if kind == _LOCAL_ERROR:
+            raise InvalidArgument(str(value)) from value
+        if kind == _RAISED:
+            raise value
+        response = await self._read()
+        if response.HasField("error"):
+            raise from_stream_error(response.error)
+        output = decode_result(response.result)
+        self._on_output(output)
+        return output
+
+    async def results(self) -> AsyncIterator[StepOutput | RnnServeError]:
+        """Iterate the outputs, yielding each refused input's error in place of its output."""
+        while True:
+            try:
+                yield await self.__anext__()
+            except StopAsyncIteration:
+                return
+            except RnnServeError as error:
+                if self._finished:
+                    raise
+                yield error
+
+    def cancel(self) -> None:
+        """Cancel the call; the session stays open on the server."""
+        self._finish()
+        if self._writer is not None:
+            self._writer.cancel()
+        if self._call is not None:
+            self._call.cancel()
+
+    async def __aenter__(self) -> AsyncOutputStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if not self._finished:
+            self.cancel()
+
+
+class AsyncGeneration(AsyncIterator[str]):
+    """The asyncio :class:`~rnnserve.client.Generation`: ``async for`` gives text pieces as the
+    server produces them; ``tokens``, ``text``, ``finish_reason`` and ``session_id`` as there."""
+
+    def __init__(
+        self,
+        start: Callable[[], Awaitable[Any]],
+        on_finish: Callable[[GeneratedToken | None], None] = lambda _: None,
+    ) -> None:
+        self._start = start
+        self._on_finish = on_finish
+        self._call: Any = None
+        self._finished = False
+        self.tokens: list[GeneratedToken] = []
+
+    @property
+    def text(self) -> str:
+        """The text generated so far."""
+        return "".join(token.text for token in self.tokens)
+
+    @property
+    def token_ids(self) -> list[int]:
+        """The token ids generated so far."""
+        return [token.token_id for token in self.tokens]
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        """Why generation ended (``None`` while it runs or if it was cancelled)."""
+        return self.tokens[-1].finish_reason if self.tokens else None
+
+    @property
+    def session_id(self) -> str | None:
+        """The session generation runs on (known after the first token)."""
+        return self.tokens[0].session_id if self.tokens else None
+
+    async def __anext__(self) -> str:
+        if self._finished:
+            raise StopAsyncIteration
+        if self._call is None:
+            self._call = await self._start()
+        try:
+            response = await self._call.read()
+        except grpc.RpcError as error:
+            self._finish(None)
+            raise convert_rpc_error(error) from None
+        if response is grpc.aio.EOF:
+            self._finish(self.tokens[-1] if self.tokens else None)
+            raise StopAsyncIteration
+        token = decode_token(response)
+        self.tokens.append(token)
+        return token.text
+
+    def _finish(self, last: GeneratedToken | None) -> None:
+        if not self._finished:
+            self._finished = True
+            self._on_finish(last if last is not None and last.finish_reason else None)
+
+    async def read(self) -> str:
+        """Consume the rest of the generation and return the whole text."""
+        async for _ in self:
+            pass
+        return self.text
+
+    def cancel(self) -> None:
+        """Stop generation now (the server stops sampling promptly)."""
+        if not self._finished:
+            if self._call is not None:
+                self._call.cancel()
+            self._finish(None)
+
+    async def __aenter__(self) -> AsyncGeneration:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.cancel()
+
+
+class AsyncSession:
+    """The asyncio :class:`~rnnserve.client.Session`; same methods, awaitable.
+
+    ``stream`` and ``generate`` return async iterators directly (no ``await``)."""
+
+    def __init__(self, client: AsyncClient, info: SessionInfo, model: ModelInfo) -> None:
+        self._client = client
+        self._info = info
+        self._model = model
+        self._step_count: int | None = info.step_count
+        self._closed = False
+
+    @property
+    def session_id(self) -> str:
+        """The server-made session id."""
+        return self._info.session_id
+
+    @property
+    def model(self) -> ModelInfo:
+        """The model version this session is bound to."""
+        return self._model
+
+    @property
+    def info(self) -> SessionInfo:
+        """The session as last described by the server."""
+        return self._info
+
+    @property
+    def step_count(self) -> int | None:
+        """Steps consumed since opened or last reset, as last known (``None`` if uncertain)."""
+        return self._step_count
+
+    def __repr__(self) -> str:
+        return f"AsyncSession({self.session_id!r}, model={self._model.name!r})"
+
+    async def feed(
+        self,
+        data: InputLike,
+        *,
+        output: OutputFormat | str = OutputFormat.RAW,
+        steps: OutputSteps | str = OutputSteps.ALL,
+        top_k: int = 5,
+        timeout: float | None = None,
+    ) -> StepOutput:
+        """Feed one message of input and return its outputs (see :meth:`Session.feed`)."""
+        options = output_options(output, steps, top_k)
+        if self._step_count is None:
+            await self.describe(timeout=timeout)
+        assert self._step_count is not None
+        request = pb.StepRequest(
+            session_id=self.session_id,
+            input=encode_input(data, self._model.vocabulary),
+            output=encode_options(options),
+            expected_step_count=self._step_count,
+        )
+        try:
+            response = await self._client._call("Step", request, timeout=timeout, idempotent=True)
+        except RnnServeError as error:
+            if error.code in UNCERTAIN_CODES:
+                self._step_count = None
+            raise
+        result = decode_result(response.result)
+        self._step_count = result.step_count
+        return result
+
+    def stream(
+        self,
+        inputs: Iterable[InputLike] | AsyncIterable[InputLike],
+        *,
+        output: OutputFormat | str = OutputFormat.RAW,
+        steps: OutputSteps | str = OutputSteps.ALL,
+        top_k: int = 5,
+        timeout: float | None = None,
+    ) -> AsyncOutputStream:
+        """Stream inputs (a sync or async iterable) over one bidirectional call."""
+        options = output_options(output, steps, top_k)
+        open_request = pb.StreamRequest(
+            request_id="open", open=pb.OpenSession(session_id=self.session_id)
+        )
+        self._step_count = None
+
+        def track(result: StepOutput | None) -> None:
+            self._step_count = result.step_count if result is not None else None
+
+        return AsyncOutputStream(
+            lambda: self._client._start_stream(timeout),
+            open_request,
+            inputs,
+            options,
+            self._model.vocabulary,
+            on_output=track,
+        )
+
+    def generate(
+        self,
+        prompt: InputLike | None = None,
+        *,
+        max_tokens: int,
+        temperature: float | None = None,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> AsyncGeneration:
+        """Sample from this session's language model (see :meth:`Session.generate`)."""
+        request = generate_request(
+            session_id=self.session_id,
+            prompt=prompt,
+            vocabulary=self._model.vocabulary,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+        )
+        self._step_count = None
+
+        def finished(last: GeneratedToken | None) -> None:
+            self._step_count = last.step_count if last is not None else None
+
+        async def start() -> Any:
+            return self._client._start_generate(request, timeout)
+
+        return AsyncGeneration(start, on_finish=finished)
+
+    async def describe(self, *, timeout: float | None = None) -> SessionInfo:
+        """Ask the server for the session's current description."""
+        response = await self._client._call(
+            "GetSession",
+            pb.GetSessionRequest(session_id=self.session_id),
+            timeout=timeout,
+            idempotent=True,
+        )
+        self._info = decode_session(response.session)
+        self._step_count = self._info.step_count
+        return self._info
+
+    async def reset(self, *, timeout: float | None = None) -> SessionInfo:
+        """Set the state back to the model's initial state (step count 0)."""
+        response = await self._client._call(
+            "ResetSession", pb.ResetSessionRequest(session_id=self.session_id), timeout=timeout
+        )
+        self._info = decode_session(response.session)
+        self._step_count = self._info.step_count
+        return self._info
+
+    async def snapshot(self, *, timeout: float | None = None) -> bytes:
+        """Export the state as snapshot bytes (see :meth:`AsyncClient.restore`)."""
+        response = await self._client._call(
+            "ExportState",
+            pb.ExportStateRequest(session_id=self.session_id),
+            timeout=timeout,
+            idempotent=True,
+        )
+        self._info = decode_session(response.session)
+        self._step_count = self._info.step_count
+        return bytes(response.snapshot)
+
+    async def close(self, *, timeout: float | None = None) -> None:
+        """Close the session and free its state (closing twice is harmless)."""
+        if self._closed:
+            return
+        self._closed = True
+        # Already gone (expired, evicted or closed) means nothing is left to free.
+        with contextlib.suppress(NotFound):
+            await self._client._call(
+                "CloseSession", pb.CloseSessionRequest(session_id=self.session_id), timeout=timeout
+            )
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class _SessionOpener:
+    """``await client.session(...)`` gives a session; ``async with`` also closes it on exit."""
+
+    def __init__(self, open_: Callable[[], Awaitable[AsyncSession]]) -> None:
+        self._open = open_
+        self._session: AsyncSession | None = None
+
+    def __await__(self) -> Generator[Any, None, AsyncSession]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> AsyncSession:
+        self._session = await self._open()
+        return self._session
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class AsyncClient:
+    """An asyncio rnnserve client with the same methods as :class:`~rnnserve.client.Client`.
+
+    Unary methods are coroutines; ``generate``/``Session.stream``/``Session.generate`` return
+    async iterators; ``session``/``attach``/``restore`` can be awaited or used with
+    ``async with``. Create it inside a running event loop; ``await client.close()`` (or
+    ``async with``) releases the channel.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        client_id: str | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self.target = target
+        self.client_id = client_id
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._owns_channel = channel is None
+        if channel is None:
+            if credentials is not None:
+                channel = grpc.aio.secure_channel(target, credentials, options=list(options))
+            else:
+                channel = grpc.aio.insecure_channel(target, options=list(options))
+        self._channel = channel
+        self._stub = rnnserve_pb2_grpc.InferenceServiceStub(channel)
+        self._metadata = call_metadata(client_id)
+        self._models: dict[tuple[str, int], ModelInfo] = {}
+
+    def __repr__(self) -> str:
+        return f"AsyncClient({self.target!r}, client_id={self.client_id!r})"
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+    async def _call(
+        self, method: str, request: Any, *, timeout: float | None, idempotent: bool = False
+    ) -> Any:
+        """Run a unary call with the deadline, metadata and (if idempotent) retries."""
+        callable_: Callable[..., Any] = getattr(self._stub, method)
+        timeout = self._timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 1
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await callable_(request, timeout=remaining, metadata=self._metadata)
+            except grpc.RpcError as rpc_error:
+                error = convert_rpc_error(rpc_error)
+            if not (idempotent and self.retry.should_retry(error.code, attempt)):
+                raise error
+            wait = self.retry.backoff(attempt)
+            if deadline is not None and time.monotonic() + wait >= deadline:
+                raise error
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    def _start_stream(self, timeout: float | None) -> Any:
+        return self._stub.Stream(timeout=self._timeout(timeout), metadata=self._metadata)
+
+    def _start_generate(self, request: pb.GenerateRequest, timeout: float | None) -> Any:
+        return self._stub.Generate(request, timeout=self._timeout(timeout), metadata=self._metadata)
+
+    async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """Every model (latest version of each) the server serves."""
+        response = await self._call(
+            "ListModels", pb.ListModelsRequest(), timeout=timeout, idempotent=True
+        )
+        return [decode_model(model) for model in response.models]
+
+    async def model(
+        self, name: str, version: int = 0, *, refresh: bool = False, timeout: float | None = None
+    ) -> ModelInfo:
+        """Describe one model version (0: the latest); cached unless ``refresh``."""
+        key = (name, version)
+        cached = self._models.get(key)
+        if cached is not None and not refresh:
+            return cached
+        response = await self._call(
+            "GetModel",
+            pb.GetModelRequest(model=pb.ModelRef(name=name, version=version)),
+            timeout=timeout,
+            idempotent=True,
+        )
+        info = decode_model(response.model)
+        self._models[key] = info
+        self._models[(info.name, info.version)] = info
+        return info
+
+    async def _session_from(self, response: Any, timeout: float | None) -> AsyncSession:
+        info = decode_session(response.session)
+        return AsyncSession(self, info, await self.model(info.model, info.version, timeout=timeout))
+
+    def session(
+        self, model: str, version: int = 0, *, timeout: float | None = None
+    ) -> _SessionOpener:
+        """Open a session on a model version: ``async with client.session("m") as s:``."""
+
+        async def open_() -> AsyncSession:
+            request = pb.CreateSessionRequest(model=pb.ModelRef(name=model, version=version))
+            response = await self._call("CreateSession", request, timeout=timeout)
+            return await self._session_from(response, timeout)
+
+        return _SessionOpener(open_)
+
+    def attach(self, session_id: str, *, timeout: float | None = None) -> _SessionOpener:
+        """A session object for an existing session id."""
+
+        async def open_() -> AsyncSession:
+            request = pb.GetSessionRequest(session_id=session_id)
+            response = await self._call("GetSession", request, timeout=timeout, idempotent=True)
+            return await self._session_from(response, timeout)
+
+        return _SessionOpener(open_)
+
+    def restore(self, snapshot: bytes, *, timeout: float | None = None) -> _SessionOpener:
+        """Open a new session from snapshot bytes."""
+
+        async def open_() -> AsyncSession:
+            request = pb.ImportStateRequest(snapshot=snapshot)
+            response = await self._call("ImportState", request, timeout=timeout)
+            return await self._session_from(response, timeout)
+
+        return _SessionOpener(open_)
+
+    def generate(
+        self,
+        model: str,
+        prompt: InputLike | None = None,
+        *,
+        version: int = 0,
+        max_tokens: int,
+        temperature: float | None = None,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> AsyncGeneration:
+        """Sample text on a fresh session that closes when generation ends::
+
+        async for piece in client.generate("char-lstm", "Once ", max_tokens=100):
+            ...
+        """
+
+        async def start() -> Any:
+            vocabulary = None
+            if isinstance(prompt, str) and prompt:
+                vocabulary = (await self.model(model, version, timeout=timeout)).vocabulary
+            request = generate_request(
+                model=model,
+                version=version,
+                prompt=prompt,
+                vocabulary=vocabulary,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                seed=seed,
+                stop=stop,
+                close_session=True,
+            )
+            return self._start_generate(request, timeout)
+
+        return AsyncGeneration(start)
+
+    async def predict(
+        self,
+        model: str,
+        sequences: Sequence[InputLike],
+        *,
+        version: int = 0,
+        output: OutputFormat | str = OutputFormat.RAW,
+        steps: OutputSteps | str = OutputSteps.ALL,
+        top_k: int = 5,
+        timeout: float | None = None,
+    ) -> list[StepOutput]:
+        """Stateless whole-sequence inference (see :meth:`Client.predict`)."""
+        info = await self.model(model, version, timeout=timeout)
+        options = output_options(output, steps, top_k)
+        request = pb.PredictRequest(
+            model=pb.ModelRef(name=model, version=version),
+            sequences=[encode_input(sequence, info.vocabulary) for sequence in sequences],
+            output=encode_options(options),
+        )
+        response = await self._call("Predict", request, timeout=timeout, idempotent=True)
+        return [decode_result(result) for result in response.results]
+
+    async def close(self) -> None:
+        """Close the channel (if this client made it)."""
+        if self._owns_channel:
+            await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
