@@ -11,6 +11,8 @@ from dataclasses import dataclass
 QUEUE_SECONDS = "rnnserve_queue_seconds"
 COMPUTE_SECONDS = "rnnserve_compute_seconds"
 BATCH_SIZE = "rnnserve_batch_size"
+STEPS = "rnnserve_steps_total"
+REQUEST_LATENCY = "rnnserve_request_latency_seconds"
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -56,7 +58,8 @@ class ServerSplit:
     """Where the server spent a step's time during the run, from its own histograms.
 
     `queue_s`: mean time a step waited before its batch started. `compute_s`: mean time of one
-    onnxruntime batch call. `batch_size`: mean sessions per batch call.
+    onnxruntime batch call. `batch_size`: mean sessions per batch call. `request_s`: mean time
+    from receiving a request (or in-stream message) to sending its reply, for `method`.
     """
 
     steps_queued: int
@@ -64,6 +67,10 @@ class ServerSplit:
     batches: int
     compute_s: float
     batch_size: float
+    steps_computed: int = 0
+    method: str = ""
+    requests: int = 0
+    request_s: float = math.nan
 
     @property
     def compute_per_step_s(self) -> float:
@@ -71,7 +78,9 @@ class ServerSplit:
         return self.compute_s / self.batch_size if self.batch_size else math.nan
 
 
-def server_split(before: Samples, after: Samples, model: str | None = None) -> ServerSplit | None:
+def server_split(
+    before: Samples, after: Samples, model: str | None = None, method: str = ""
+) -> ServerSplit | None:
     """The split over the interval between two scrapes; None if the server exports none of it."""
     labels = {"model": model} if model else {}
 
@@ -87,7 +96,17 @@ def server_split(before: Samples, after: Samples, model: str | None = None) -> S
     if queued <= 0 and batches <= 0:
         return None
     batch_count = delta(BATCH_SIZE + "_count")
+    requests = total(after, REQUEST_LATENCY + "_count", method=method) - total(
+        before, REQUEST_LATENCY + "_count", method=method
+    )
+    request_sum = total(after, REQUEST_LATENCY + "_sum", method=method) - total(
+        before, REQUEST_LATENCY + "_sum", method=method
+    )
     return ServerSplit(
+        steps_computed=int(delta(STEPS)),
+        method=method,
+        requests=int(requests),
+        request_s=request_sum / requests if requests > 0 else math.nan,
         steps_queued=int(queued),
         queue_s=delta(QUEUE_SECONDS + "_sum") / queued if queued > 0 else math.nan,
         batches=int(batches),

@@ -29,7 +29,8 @@ def format_table(result: LoadResult) -> str:
     total_msgs = summary.messages_ok + summary.messages_failed
     lines = [
         "Summary:",
-        f"  Target:        {config.target}  model {config.model} (v{config.version or 'latest'})",
+        f"  Target:        {config.target}  model {config.model}"
+        f" ({f'v{config.version}' if config.version else 'latest version'})",
         f"  Mode:          {config.mode}, {loop}, {config.concurrency} concurrent sessions,"
         f" {config.steps_per_message} step(s)/message",
         f"  Duration:      {summary.duration_s:.2f} s"
@@ -67,7 +68,13 @@ def format_table(result: LoadResult) -> str:
             f" ({server.batches:,} calls)",
             f"  batch size:    {server.batch_size:.1f} sessions mean"
             f"  -> {_ms(server.compute_per_step_s)} compute per step",
+            f"  steps:         {server.steps_computed:,} computed",
         ]
+        if server.requests:
+            lines.append(
+                f"  in server:     {_ms(server.request_s)} mean per {server.method} message"
+                f" ({server.requests:,}), network and client excluded"
+            )
     elif config.metrics_url:
         lines += ["", f"Server metrics: none read from {config.metrics_url}"]
     return "\n".join(lines)

@@ -24,6 +24,7 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 ]
+_METHODS = {"stream": "Stream", "step": "Step", "generate": "Generate", "predict": "Predict"}
 # Grace beyond the duration bound for replies already in flight, before stragglers are cancelled.
 _STRAGGLER_GRACE_S = 5.0
 
@@ -84,7 +85,9 @@ async def run_load_async(config: LoadConfig) -> LoadResult:
         elapsed = await _phase(stub, config, inputs, recorder, max_chunk, progress=config.progress)
         client_cpu = time.process_time() - cpu
         after = await _scrape(config.metrics_url)
-    split = prom.server_split(before, after, config.model) if before and after else None
+    split = None
+    if before is not None and after is not None:
+        split = prom.server_split(before, after, config.model, _METHODS[config.mode])
     return LoadResult(
         config=config,
         model=shape,
