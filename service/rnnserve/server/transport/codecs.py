@@ -1,0 +1,316 @@
+"""Proto <-> domain conversion for rnnserve.v1, validating the proto-level shape with field paths.
+
+Only what the proto alone can tell is checked here (a oneof left unset, a tensor's dtype, rank and
+byte length, a negative version); what needs the model (vocabulary range, feature width, step
+limits, NaN) is the core's job and comes back as InvalidInput with a path relative to the input.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+from rnnserve.server.errors import InvalidInput
+from rnnserve.server.manifest import ModelManifest
+from rnnserve.server.types import (
+    FinishReason,
+    GeneratedToken,
+    GenerationRequest,
+    InputData,
+    OutputFormat,
+    OutputOptions,
+    OutputResult,
+    OutputSteps,
+    SamplingParams,
+    SessionView,
+    StepOutcome,
+)
+from rnnserve.v1 import rnnserve_pb2 as pb
+
+DEFAULT_TOP_K = 5
+# Wire dtype -> (numpy little-endian dtype, name used in messages).
+_WIRE_DTYPES: dict[int, np.dtype[np.generic]] = {
+    pb.DATA_TYPE_FLOAT32: np.dtype("<f4"),
+    pb.DATA_TYPE_INT64: np.dtype("<i8"),
+    pb.DATA_TYPE_INT32: np.dtype("<i4"),
+    pb.DATA_TYPE_FLOAT64: np.dtype("<f8"),
+}
+_OUTPUT_STEPS = {
+    pb.OUTPUT_STEPS_UNSPECIFIED: OutputSteps.ALL,
+    pb.OUTPUT_STEPS_ALL: OutputSteps.ALL,
+    pb.OUTPUT_STEPS_LAST: OutputSteps.LAST,
+}
+_OUTPUT_FORMATS = {
+    pb.OUTPUT_FORMAT_UNSPECIFIED: OutputFormat.RAW,
+    pb.OUTPUT_FORMAT_RAW: OutputFormat.RAW,
+    pb.OUTPUT_FORMAT_PROBABILITIES: OutputFormat.PROBABILITIES,
+    pb.OUTPUT_FORMAT_TOP_K: OutputFormat.TOP_K,
+    pb.OUTPUT_FORMAT_NONE: OutputFormat.NONE,
+}
+_FINISH_REASONS = {
+    None: pb.FINISH_REASON_UNSPECIFIED,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+}
+
+
+class ModelDescription(Protocol):
+    """What the core tells about one served model version (see engine.ModelDescription)."""
+
+    @property
+    def manifest(self) -> ModelManifest: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def versions(self) -> list[int]: ...
+    @property
+    def state_bytes(self) -> int: ...
+    @property
+    def max_steps_per_message(self) -> int: ...
+
+
+def _path(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _shape_text(shape: list[int] | tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _dtype_name(value: int) -> str:
+    try:
+        return str(pb.DataType.Name(value))  # type: ignore[arg-type]
+    except ValueError:
+        return str(value)
+
+
+# ---- requests -> domain ------------------------------------------------------------------------
+
+
+def decode_session_id(session_id: str, field: str = "session_id") -> str:
+    """A session id the client must give; empty is refused before it reaches the core."""
+    if not session_id:
+        raise InvalidInput("a session id is required", field=field)
+    return session_id
+
+
+def decode_model_ref(ref: pb.ModelRef, field: str = "model") -> tuple[str, int]:
+    """(name, version) of a ModelRef; version 0 means the latest."""
+    if not ref.name:
+        raise InvalidInput("a model name is required", field=_path(field, "name"))
+    if ref.version < 0:
+        raise InvalidInput(
+            f"must be >= 0 (0 = latest), got {ref.version}", field=_path(field, "version")
+        )
+    return ref.name, int(ref.version)
+
+
+def decode_features(tensor: pb.Tensor, field: str) -> npt.NDArray[np.float32]:
+    """A `[steps, width]` float32 tensor from raw little-endian bytes."""
+    if tensor.dtype != pb.DATA_TYPE_FLOAT32:
+        raise InvalidInput(
+            f"expected DATA_TYPE_FLOAT32, got {_dtype_name(tensor.dtype)}",
+            field=_path(field, "dtype"),
+        )
+    shape = list(tensor.shape)
+    if len(shape) != 2 or any(d < 0 for d in shape):
+        raise InvalidInput(
+            f"expected [steps, width], got {_shape_text(shape)}", field=_path(field, "shape")
+        )
+    expected = math.prod(shape) * 4
+    if len(tensor.raw_data) != expected:
+        raise InvalidInput(
+            f"expected {expected} bytes for float32 {_shape_text(shape)}, "
+            f"got {len(tensor.raw_data)}",
+            field=_path(field, "raw_data"),
+        )
+    # astype copies into a writable, native-order array the core may keep.
+    array = np.frombuffer(tensor.raw_data, dtype="<f4").reshape(shape)
+    return array.astype(np.float32)
+
+
+def decode_input(message: pb.StepInput, field: str) -> InputData:
+    """Token ids (int64 [steps]), feature frames (float32 [steps, width]) or text."""
+    kind = message.WhichOneof("data")
+    if kind is None:
+        raise InvalidInput("one of tokens, features or text must be set", field=field)
+    if kind == "tokens":
+        return np.array(message.tokens.ids, dtype=np.int64)
+    if kind == "features":
+        return decode_features(message.features, _path(field, "features"))
+    return message.text
+
+
+def decode_output_options(message: pb.OutputOptions, field: str = "output") -> OutputOptions:
+    """What a reply carries; unset enums mean all steps, raw outputs; top_k 0 means 5."""
+    steps = _OUTPUT_STEPS.get(message.steps)
+    if steps is None:
+        raise InvalidInput(
+            f"unknown OutputSteps value {message.steps}", field=_path(field, "steps")
+        )
+    output_format = _OUTPUT_FORMATS.get(message.format)
+    if output_format is None:
+        raise InvalidInput(
+            f"unknown OutputFormat value {message.format}", field=_path(field, "format")
+        )
+    return OutputOptions(
+        steps=steps, format=output_format, top_k=int(message.top_k) or DEFAULT_TOP_K
+    )
+
+
+def decode_sampling(message: pb.SamplingParams, field: str = "sampling") -> SamplingParams:
+    """Sampling settings; temperature defaults to 1.0, top_p 0 means no limit."""
+    temperature = message.temperature if message.HasField("temperature") else 1.0
+    if not math.isfinite(temperature) or temperature < 0:
+        raise InvalidInput(
+            f"must be a finite number >= 0, got {temperature}", field=_path(field, "temperature")
+        )
+    top_p = float(message.top_p)
+    if not math.isfinite(top_p) or not 0.0 <= top_p <= 1.0:
+        raise InvalidInput(f"must be in [0, 1], got {top_p}", field=_path(field, "top_p"))
+    return SamplingParams(
+        temperature=float(temperature),
+        top_k=int(message.top_k),
+        top_p=top_p if top_p > 0 else 1.0,
+        seed=int(message.seed) if message.HasField("seed") else None,
+    )
+
+
+def decode_generation(request: pb.GenerateRequest) -> GenerationRequest:
+    """A GenerateRequest as the core's GenerationRequest."""
+    target = request.WhichOneof("target")
+    if target is None:
+        raise InvalidInput("one of model or session_id must be set", field="target")
+    model, version, session_id = None, 0, None
+    if target == "model":
+        model, version = decode_model_ref(request.model)
+    else:
+        session_id = decode_session_id(request.session_id)
+    prompt: InputData | None = None
+    kind = request.WhichOneof("prompt")
+    if kind == "text":
+        prompt = request.text
+    elif kind == "tokens":
+        prompt = np.array(request.tokens.ids, dtype=np.int64)
+    if request.max_tokens == 0:
+        raise InvalidInput("must be > 0", field="max_tokens")
+    if request.close_session and target != "model":
+        raise InvalidInput(
+            "close_session applies only to a new session (model)", field="close_session"
+        )
+    return GenerationRequest(
+        model=model,
+        version=version,
+        session_id=session_id,
+        prompt=prompt,
+        sampling=decode_sampling(request.sampling),
+        max_tokens=int(request.max_tokens),
+        stop=tuple(request.stop),
+        close_session=request.close_session,
+    )
+
+
+# ---- domain -> responses -----------------------------------------------------------------------
+
+
+def encode_tensor(array: npt.NDArray[np.generic]) -> pb.Tensor:
+    """A float32/int64/int32/float64 array as a raw little-endian Tensor."""
+    for wire, dtype in _WIRE_DTYPES.items():
+        if array.dtype.kind == dtype.kind and array.dtype.itemsize == dtype.itemsize:
+            data = np.ascontiguousarray(array, dtype=dtype).tobytes()
+            return pb.Tensor(dtype=wire, shape=list(array.shape), raw_data=data)  # type: ignore[arg-type]
+    raise TypeError(f"no wire dtype for {array.dtype}")
+
+
+def decode_tensor(tensor: pb.Tensor) -> npt.NDArray[np.generic]:
+    """The inverse of encode_tensor (for clients and tests); the tensor must be well formed."""
+    dtype = _WIRE_DTYPES[tensor.dtype]
+    return np.frombuffer(tensor.raw_data, dtype=dtype).reshape(list(tensor.shape))
+
+
+def encode_session(view: SessionView) -> pb.SessionInfo:
+    """A session's public description."""
+    return pb.SessionInfo(
+        session_id=view.session_id,
+        model=view.model,
+        version=view.version,
+        step_count=view.step_count,
+        created_at=view.created_at,
+        expires_at=view.expires_at,
+        state_bytes=view.state_bytes,
+    )
+
+
+def encode_output(result: OutputResult) -> pb.Output:
+    """One model output for the returned steps."""
+    output = pb.Output(name=result.name, meaning=result.meaning)
+    if result.tensor is not None:
+        output.tensor.CopyFrom(encode_tensor(result.tensor))
+    if result.top_k_indices is not None and result.top_k_probabilities is not None:
+        labels = result.top_k_labels or [[] for _ in range(len(result.top_k_indices))]
+        for indices, probabilities, names in zip(
+            result.top_k_indices.tolist(), result.top_k_probabilities.tolist(), labels, strict=True
+        ):
+            output.top_k.add(indices=indices, probabilities=probabilities, labels=names)
+    if result.argmax is not None:
+        output.argmax.extend(result.argmax.tolist())
+    if result.labels is not None:
+        output.labels.extend(result.labels)
+    return output
+
+
+def encode_step(outcome: StepOutcome) -> pb.StepResult:
+    """The result of one message of input."""
+    return pb.StepResult(
+        outputs=[encode_output(o) for o in outcome.outputs],
+        steps=outcome.steps,
+        step_count=outcome.step_count,
+    )
+
+
+def encode_token(token: GeneratedToken) -> pb.GenerateResponse:
+    """One generated token."""
+    return pb.GenerateResponse(
+        session_id=token.session_id,
+        token_id=token.token_id,
+        text=token.text,
+        index=token.index,
+        finish_reason=_FINISH_REASONS[token.finish_reason],
+        step_count=token.step_count,
+    )
+
+
+def encode_model(description: ModelDescription) -> pb.ModelInfo:
+    """Everything a client needs to use a model version."""
+    manifest = description.manifest
+    info = pb.ModelInfo(
+        name=manifest.name,
+        version=description.version,
+        versions=sorted(description.versions),
+        task=manifest.task,
+        cell=manifest.cell,
+        bidirectional=manifest.bidirectional,
+        streamable=manifest.streamable,
+        input_kind=manifest.input.kind,
+        outputs=[
+            pb.OutputInfo(name=o.name, meaning=o.meaning, shape=o.shape, labels=o.labels or [])
+            for o in manifest.outputs
+        ],
+        states=[pb.StateInfo(name=s.input_name, shape=s.shape) for s in manifest.states],
+        state_bytes=description.state_bytes,
+        max_steps_per_message=description.max_steps_per_message,
+        description=manifest.description,
+    )
+    if manifest.input.kind == "tokens":
+        info.vocabulary.extend(manifest.input.vocabulary)
+    else:
+        info.feature_width = manifest.input.width
+    try:
+        metrics = manifest.version_info(description.version).metrics
+    except KeyError:
+        metrics = {}
+    for key, value in metrics.items():
+        info.metrics[key] = value
+    return info

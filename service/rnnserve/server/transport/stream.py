@@ -1,0 +1,141 @@
+"""One `Stream` call: opens or resumes its session, then answers each message, errors in-band."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from rnnserve.server.engine import InferenceEngine
+from rnnserve.server.errors import InvalidInput, SessionNotFound, ShuttingDown
+from rnnserve.server.logging import REQUEST_ID, SESSION_ID
+from rnnserve.server.transport import codecs
+from rnnserve.server.transport.context import deadline_of, identity_of
+from rnnserve.server.transport.errors import StreamProtocolError, describe, inband_error
+from rnnserve.server.transport.observe import record_call
+from rnnserve.v1 import rnnserve_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class StreamConversation:
+    """The state of one Stream call: which session it is bound to, and whether that still lives.
+
+    Messages are handled strictly one after another, so a stream never races itself; a message's
+    error becomes its in-band reply and the session's state stays as it was. Only a server
+    shutdown ends the stream with a status (UNAVAILABLE), so the client reconnects elsewhere.
+    """
+
+    def __init__(self, engine: InferenceEngine, context: Any) -> None:
+        self._engine = engine
+        self._context = context
+        self._identity = identity_of(context)
+        self._session_id: str | None = None
+        self._session_gone = False  # the core said the session no longer exists
+        self.finished = False  # set once the session is closed: the server then ends the stream
+
+    async def run(
+        self, requests: AsyncIterator[pb.StreamRequest]
+    ) -> AsyncIterator[pb.StreamResponse]:
+        """Answer every request in order, exactly one response each."""
+        async for request in requests:
+            yield await self.answer(request)
+            if self.finished:
+                return
+
+    async def answer(self, request: pb.StreamRequest) -> pb.StreamResponse:
+        """Handle one message; a failure becomes an in-band error reply."""
+        kind = request.WhichOneof("kind") or "empty"
+        started, code = time.perf_counter(), "OK"
+        try:
+            response = await self._dispatch(kind, request)
+        except ShuttingDown:
+            record_call(f"Stream.{kind}", "UNAVAILABLE", time.perf_counter() - started)
+            raise
+        except Exception as err:
+            failure = describe(err, REQUEST_ID.get())
+            code = failure.code_name
+            if isinstance(err, SessionNotFound) and err.session_id == self._session_id:
+                self._session_gone = True  # steps keep saying why; `open` may bind a new one
+            if code == "INTERNAL":
+                log.error("Stream %s failed", kind, exc_info=err, extra={"method": "Stream"})
+            else:
+                log.info(
+                    "Stream %s -> %s: %s",
+                    kind,
+                    code,
+                    failure.message,
+                    extra={"method": "Stream", "code": code, "field": failure.field},
+                )
+            response = pb.StreamResponse(error=inband_error(failure))
+        record_call(f"Stream.{kind}", code, time.perf_counter() - started)
+        response.request_id = request.request_id
+        return response
+
+    async def _dispatch(self, kind: str, request: pb.StreamRequest) -> pb.StreamResponse:
+        if kind == "open":
+            return await self._open(request.open)
+        session_id = self._require_session(kind)
+        if kind == "step":
+            data = codecs.decode_input(request.step, "step")
+            options = codecs.decode_output_options(request.output)
+            try:
+                outcome = await self._engine.step(
+                    session_id,
+                    self._identity,
+                    data,
+                    options,
+                    deadline=deadline_of(self._context),
+                )
+            except InvalidInput as err:
+                raise err.with_field_prefix("step") from None
+            return pb.StreamResponse(result=codecs.encode_step(outcome))
+        return await self._control(session_id, request.control)
+
+    async def _open(self, message: pb.OpenSession) -> pb.StreamResponse:
+        if self._session_id is not None and not self._session_gone:
+            raise StreamProtocolError(
+                "this stream already has a session; `open` must be the stream's first message",
+                field="open",
+            )
+        source = message.WhichOneof("source")
+        if source == "model":
+            name, version = codecs.decode_model_ref(message.model, "open.model")
+            view = await self._engine.create_session(name, version, self._identity)
+        elif source == "session_id":
+            session_id = codecs.decode_session_id(message.session_id, "open.session_id")
+            view = await self._engine.get_session(session_id, self._identity)
+        elif source == "snapshot":
+            try:
+                view = await self._engine.import_state(message.snapshot, self._identity)
+            except InvalidInput as err:
+                raise err.with_field_prefix("open.snapshot") from None
+        else:
+            raise InvalidInput("one of model, session_id or snapshot must be set", field="open")
+        self._session_id, self._session_gone = view.session_id, False
+        SESSION_ID.set(view.session_id)
+        log.info("stream bound to session", extra={"model": view.model, "version": view.version})
+        return pb.StreamResponse(session=codecs.encode_session(view))
+
+    async def _control(self, session_id: str, action: int) -> pb.StreamResponse:
+        if action == pb.CONTROL_ACTION_RESET:
+            view = await self._engine.reset_session(session_id, self._identity)
+            return pb.StreamResponse(session=codecs.encode_session(view))
+        if action == pb.CONTROL_ACTION_SNAPSHOT:
+            snapshot, _ = await self._engine.export_state(session_id, self._identity)
+            return pb.StreamResponse(snapshot=snapshot)
+        if action == pb.CONTROL_ACTION_CLOSE:
+            view = await self._engine.close_session(session_id, self._identity)
+            self._session_id, self.finished = None, True
+            return pb.StreamResponse(session=codecs.encode_session(view))
+        raise InvalidInput(f"unknown control action {action}", field="control")
+
+    def _require_session(self, kind: str) -> str:
+        if kind == "empty":
+            raise InvalidInput("one of open, step or control must be set", field="kind")
+        if self._session_id is None:
+            raise StreamProtocolError(
+                "no session is open on this stream: send `open` first", field=kind
+            )
+        return self._session_id
