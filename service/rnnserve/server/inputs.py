@@ -1,0 +1,144 @@
+"""Input validation and text encoding with a model's vocabulary; errors name the field at fault."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from rnnserve.server.errors import InvalidInput
+from rnnserve.server.manifest import FeatureInput, ModelManifest, TokenInput
+from rnnserve.server.types import InputData
+
+ModelInput = npt.NDArray[np.int64] | npt.NDArray[np.float32]
+
+
+class TextCodec:
+    """Text <-> token ids with a model's vocabulary (longest match first for multi-char tokens)."""
+
+    def __init__(self, spec: TokenInput, model: str) -> None:
+        self.vocabulary = spec.vocabulary
+        self.unknown_token = spec.unknown_token
+        self.model = model
+        self._ids: dict[str, int] = {}
+        for index, token in enumerate(spec.vocabulary):
+            self._ids.setdefault(token, index)
+        self._longest = max((len(t) for t in spec.vocabulary), default=1)
+
+    def encode(self, text: str, field: str = "text") -> npt.NDArray[np.int64]:
+        """Token ids for `text`; an unknown symbol is InvalidInput "text[i]" unless the model
+        declares an unknown_token."""
+        ids: list[int] = []
+        position = 0
+        while position < len(text):
+            for length in range(min(self._longest, len(text) - position), 0, -1):
+                token_id = self._ids.get(text[position : position + length])
+                if token_id is not None:
+                    ids.append(token_id)
+                    position += length
+                    break
+            else:
+                if self.unknown_token is None:
+                    raise InvalidInput(
+                        f"{text[position]!r} at {field}[{position}] is not in the vocabulary of "
+                        f"model {self.model!r}",
+                        field=f"{field}[{position}]",
+                    )
+                ids.append(self.unknown_token)
+                position += 1
+        return np.asarray(ids, dtype=np.int64)
+
+    def decode(self, ids: npt.ArrayLike) -> str:
+        """The text of token ids."""
+        return "".join(self.vocabulary[int(i)] for i in np.asarray(ids).reshape(-1))
+
+
+def validate_input(
+    manifest: ModelManifest, data: InputData, max_steps: int, codec: TextCodec | None = None
+) -> ModelInput:
+    """Check one message of input against the model; return int64 [steps] or float32 [steps, w].
+
+    Integer arrays are token ids ("tokens.*" fields), float arrays feature frames ("features.*"),
+    str is text ("text[i]"). Raises InvalidInput with the field relative to the input.
+    """
+    spec = manifest.input
+    if isinstance(data, str):
+        if not isinstance(spec, TokenInput):
+            raise InvalidInput(
+                f"model {manifest.name!r} takes feature frames of width {spec.width}, not text",
+                field="text",
+            )
+        if not data:
+            raise InvalidInput("text is empty; send at least one symbol", field="text")
+        ids = (codec or TextCodec(spec, manifest.name)).encode(data)
+        _check_steps(ids.shape[0], max_steps, "text")
+        return ids
+    array = np.asarray(data)
+    if array.dtype.kind in "iu":
+        return _validate_tokens(manifest, array, max_steps)
+    return _validate_features(manifest, array, max_steps)
+
+
+def _check_steps(steps: int, max_steps: int, field: str) -> None:
+    if steps > max_steps:
+        raise InvalidInput(
+            f"{steps} steps in one message exceed max_steps_per_message {max_steps}; split it",
+            field=field,
+        )
+
+
+def _validate_tokens(
+    manifest: ModelManifest, array: npt.NDArray[np.generic], max_steps: int
+) -> npt.NDArray[np.int64]:
+    spec = manifest.input
+    if not isinstance(spec, TokenInput):
+        raise InvalidInput(
+            f"model {manifest.name!r} takes feature frames of width {spec.width}, not token ids",
+            field="tokens",
+        )
+    if array.ndim != 1:
+        raise InvalidInput(
+            f"token ids must be one-dimensional [steps], got shape {list(array.shape)}",
+            field="tokens.shape",
+        )
+    if array.shape[0] == 0:
+        raise InvalidInput("no token ids; send at least one step", field="tokens.ids")
+    _check_steps(array.shape[0], max_steps, "tokens.ids")
+    vocab = len(spec.vocabulary)
+    ids = array.astype(np.int64, copy=False)
+    bad = np.flatnonzero((ids < 0) | (ids >= vocab))
+    if bad.size:
+        index = int(bad[0])
+        raise InvalidInput(
+            f"token id {int(ids[index])} is outside the vocabulary [0, {vocab}) of model "
+            f"{manifest.name!r}",
+            field=f"tokens.ids[{index}]",
+        )
+    return np.ascontiguousarray(ids)
+
+
+def _validate_features(
+    manifest: ModelManifest, array: npt.NDArray[np.generic], max_steps: int
+) -> npt.NDArray[np.float32]:
+    spec = manifest.input
+    if not isinstance(spec, FeatureInput):
+        raise InvalidInput(
+            f"model {manifest.name!r} takes token ids (int64), got {array.dtype} values",
+            field="tokens.dtype" if array.ndim == 1 else "features",
+        )
+    if array.dtype != np.float32:
+        raise InvalidInput(f"features must be float32, got {array.dtype}", field="features.dtype")
+    if array.ndim != 2 or array.shape[1] != spec.width:
+        raise InvalidInput(
+            f"expected [*, {spec.width}], got {list(array.shape)}", field="features.shape"
+        )
+    if array.shape[0] == 0:
+        raise InvalidInput("no feature frames; send at least one step", field="features")
+    _check_steps(array.shape[0], max_steps, "features")
+    finite = np.isfinite(array)
+    if not finite.all():
+        step, column = (int(i) for i in np.argwhere(~finite)[0])
+        raise InvalidInput(
+            f"features[{step}, {column}] is {float(array[step, column])}; NaN and infinity are "
+            "not accepted",
+            field="features",
+        )
+    return np.ascontiguousarray(array, dtype=np.float32)

@@ -1,0 +1,72 @@
+"""Turn raw per-step model outputs into what a reply carries: rows, probabilities, top-k, argmax."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+from rnnserve.server.errors import InvalidInput
+from rnnserve.server.manifest import OutputSpec
+from rnnserve.server.types import OutputFormat, OutputOptions, OutputResult, OutputSteps
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def check_options(options: OutputOptions) -> None:
+    """Refuse options that cannot be served (a top-k of less than one)."""
+    if options.format is OutputFormat.TOP_K and options.top_k < 1:
+        raise InvalidInput(f"top_k must be at least 1, got {options.top_k}", field="options.top_k")
+
+
+def softmax(logits: FloatArray) -> FloatArray:
+    """Softmax over the last axis, computed stably."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    result: FloatArray = (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return result
+
+
+def build_outputs(
+    specs: Sequence[OutputSpec], raw: Sequence[FloatArray], options: OutputOptions
+) -> list[OutputResult]:
+    """One OutputResult per model output from its [steps, *shape] tensor, as `options` ask.
+
+    Logits outputs always carry argmax (and its labels where the model has labels); PROBABILITIES
+    and TOP_K apply softmax to logits and leave real-valued outputs as they are; NONE returns
+    nothing (useful to feed a prompt cheaply).
+    """
+    if options.format is OutputFormat.NONE:
+        return []
+    results = []
+    for spec, tensor in zip(specs, raw, strict=True):
+        rows = tensor[-1:] if options.steps is OutputSteps.LAST else tensor
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        result = OutputResult(name=spec.name, meaning=spec.meaning)
+        if spec.meaning != "logits" or len(spec.shape) != 1:
+            result.tensor = rows
+            results.append(result)
+            continue
+        argmax = rows.argmax(axis=-1).astype(np.int64)
+        result.argmax = argmax
+        if spec.labels is not None:
+            result.labels = [spec.labels[i] for i in argmax.tolist()]
+        if options.format is OutputFormat.RAW:
+            result.tensor = rows
+        elif options.format is OutputFormat.PROBABILITIES:
+            result.tensor = softmax(rows)
+        else:
+            k = min(options.top_k, rows.shape[-1])
+            probabilities = softmax(rows)
+            # argpartition then sort the k: O(n) instead of a full sort of a large vocabulary
+            top = np.argpartition(-probabilities, k - 1, axis=-1)[..., :k]
+            order = np.argsort(
+                -np.take_along_axis(probabilities, top, axis=-1), axis=-1, kind="stable"
+            )
+            top = np.take_along_axis(top, order, axis=-1).astype(np.int64)
+            result.top_k_indices = top
+            result.top_k_probabilities = np.take_along_axis(probabilities, top, axis=-1)
+            if spec.labels is not None:
+                result.top_k_labels = [[spec.labels[i] for i in row] for row in top.tolist()]
+        results.append(result)
+    return results

@@ -1,0 +1,310 @@
+"""BatchScheduler: continuous batching of every pending step of one model version into one call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import numpy.typing as npt
+from rnnserve.server import metrics
+from rnnserve.server.errors import DeadlineExceeded, Overloaded, ShuttingDown
+from rnnserve.server.runtime import FloatArray, OnnxModel
+from rnnserve.server.state_store import StateStore
+
+log = logging.getLogger(__name__)
+
+
+class RequestStatus(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+
+
+class StepRequest:
+    """One message of input for one sequence: a session's slot, or None for a stateless sequence."""
+
+    __slots__ = (
+        "batch_index",
+        "batch_states",
+        "committed",
+        "deadline",
+        "enqueued_at",
+        "future",
+        "inputs",
+        "slot",
+        "status",
+        "steps",
+    )
+
+    def __init__(
+        self,
+        inputs: npt.NDArray[np.generic],
+        slot: int | None,
+        deadline: float | None,
+        future: asyncio.Future[list[FloatArray]],
+    ) -> None:
+        self.inputs = inputs
+        self.steps = int(inputs.shape[0])
+        self.slot = slot
+        self.deadline = deadline
+        self.future = future
+        self.enqueued_at = time.monotonic()
+        self.status = RequestStatus.QUEUED
+        self.committed = False
+        # The batch's input states and this request's index in it: the state before the step,
+        # kept so a step whose task is cancelled after its commit can be rolled back.
+        self.batch_states: list[FloatArray] | None = None
+        self.batch_index = 0
+
+
+class BatchScheduler:
+    """Runs the steps of one model version, many sessions per onnxruntime call.
+
+    Continuous batching: a single loop task takes every queued request (up to max_batch_size),
+    groups them by their number of steps, and runs each group as one [batch, steps] call in a
+    worker thread; requests that arrive meanwhile form the next batch, so an idle server adds no
+    waiting time and a busy one batches as much as it can. A message of many steps (a chunk, a
+    prompt) runs as one call over all its steps, batched with the other messages of the same
+    length; so a chunk never costs one call per step, and sessions stepping one token at a time
+    keep batching together. (Padding to a common length is not possible without masking inside
+    the graph: the state after padded steps would be wrong.)
+
+    States are gathered from the StateStore just before the call and scattered back when it
+    returns, on the event loop thread, only for requests whose future is still wanted; a request
+    whose task is cancelled after that commit is rolled back by `abandon`.
+    """
+
+    def __init__(
+        self, model: OnnxModel, store: StateStore, *, max_batch_size: int, max_queue: int
+    ) -> None:
+        self.model = model
+        self.store = store
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self._queue: deque[StepRequest] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._running = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._call_seconds = 0.001  # moving average of one call, for the Overloaded retry hint
+        self._label = model.manifest.name
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a call."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start the worker thread and the batching loop (on the running event loop)."""
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{self._label}")
+        self._task = asyncio.get_running_loop().create_task(
+            self._loop(), name=f"scheduler-{self.model.key}"
+        )
+
+    def submit(
+        self, inputs: npt.NDArray[np.generic], slot: int | None, deadline: float | None = None
+    ) -> StepRequest:
+        """Queue one message (inputs [steps] or [steps, width]); await `request.future`."""
+        if self._closed:
+            raise ShuttingDown("the server is shutting down")
+        if len(self._queue) >= self.max_queue:
+            retry = self._call_seconds * (len(self._queue) / self.max_batch_size + 1)
+            raise Overloaded(
+                f"model {self.model.key} has {len(self._queue)} steps queued (max_queue "
+                f"{self.max_queue}); retry shortly",
+                retry_after_s=max(0.005, retry),
+            )
+        future: asyncio.Future[list[FloatArray]] = asyncio.get_running_loop().create_future()
+        request = StepRequest(inputs, slot, deadline, future)
+        self._queue.append(request)
+        self._idle.clear()
+        self._wakeup.set()
+        return request
+
+    def withdraw(self, request: StepRequest) -> bool:
+        """Take a request out of the queue if it has not started; True if it was removed."""
+        if request.status is not RequestStatus.QUEUED:
+            return False
+        try:
+            self._queue.remove(request)
+        except ValueError:
+            return False
+        request.status = RequestStatus.DONE
+        if not request.future.done():
+            request.future.cancel()
+        return True
+
+    def abandon(self, request: StepRequest) -> None:
+        """The awaiting task gave up (cancelled): drop the request, undo its commit if made."""
+        if self.withdraw(request):
+            return
+        if not request.future.done():
+            request.future.cancel()  # delivery skips the commit of a cancelled future
+            return
+        if request.committed and request.slot is not None and request.batch_states is not None:
+            before = [
+                np.take(state, request.batch_index, axis=spec.batch_axis)
+                for spec, state in zip(self.store.specs, request.batch_states, strict=True)
+            ]
+            self.store.write(request.slot, before)
+            request.committed = False
+
+    async def drain(self) -> None:
+        """Wait until nothing is queued or running."""
+        while self._queue or self._running:
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def stop(self) -> None:
+        """Refuse new requests, fail the queued ones with ShuttingDown, stop the loop and thread."""
+        self._closed = True
+        while self._queue:
+            request = self._queue.popleft()
+            request.status = RequestStatus.DONE
+            if not request.future.done():
+                request.future.set_exception(ShuttingDown("the server is shutting down"))
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._take_batch()
+            groups: dict[int, list[StepRequest]] = {}
+            for request in batch:
+                groups.setdefault(request.steps, []).append(request)
+            self._running = True
+            try:
+                for group in groups.values():
+                    await self._run_group(group)
+            except asyncio.CancelledError:
+                self._fail(batch, ShuttingDown("the server is shutting down"))
+                raise
+            except Exception as err:  # a bug here must not stop every session of the model
+                log.exception("scheduler loop error for %s", self.model.key)
+                self._fail(batch, err)
+            finally:
+                self._running = False
+
+    def _take_batch(self) -> list[StepRequest]:
+        """Up to max_batch_size live requests from the head of the queue; expired ones fail."""
+        now = time.monotonic()
+        batch: list[StepRequest] = []
+        while self._queue and len(batch) < self.max_batch_size:
+            request = self._queue.popleft()
+            if request.future.done():  # cancelled while queued
+                request.status = RequestStatus.DONE
+                continue
+            if request.deadline is not None and now > request.deadline:
+                request.status = RequestStatus.DONE
+                request.future.set_exception(
+                    DeadlineExceeded(
+                        "the deadline passed while the step was queued; state unchanged"
+                    )
+                )
+                continue
+            request.status = RequestStatus.RUNNING
+            metrics.QUEUE_TIME.labels(self._label).observe(now - request.enqueued_at)
+            batch.append(request)
+        return batch
+
+    async def _run_group(self, group: list[StepRequest]) -> None:
+        """One onnxruntime call for requests with the same number of steps."""
+        # Sessions first, then stateless sequences: their states are gathered / initial.
+        group.sort(key=lambda r: r.slot is None)
+        stateful = [r for r in group if r.slot is not None]
+        slots = np.fromiter((r.slot for r in stateful), dtype=np.intp, count=len(stateful))
+        stateless = len(group) - len(stateful)
+        if stateful and stateless:
+            states = [
+                np.concatenate([a, b], axis=spec.batch_axis)
+                for spec, a, b in zip(
+                    self.store.specs,
+                    self.store.gather(slots),
+                    self.store.initial_batch(stateless),
+                    strict=True,
+                )
+            ]
+        elif stateful:
+            states = self.store.gather(slots)
+        else:
+            states = self.store.initial_batch(stateless)
+        inputs = np.stack([r.inputs for r in group])
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            outputs, new_states = await loop.run_in_executor(
+                self._executor, self.model.run, inputs, states
+            )
+        except asyncio.CancelledError:  # stop() during a call: nobody is left to deliver to
+            self._fail(group, ShuttingDown("the server is shutting down"))
+            raise
+        except Exception as err:  # the model failed: every request of the call fails, state kept
+            log.exception("onnxruntime call failed for %s", self.model.key)
+            self._fail(group, err)
+            return
+        elapsed = time.perf_counter() - started
+        self._call_seconds = 0.8 * self._call_seconds + 0.2 * elapsed
+        metrics.COMPUTE_TIME.labels(self._label).observe(elapsed)
+        metrics.BATCH_SIZE.labels(self._label).observe(len(group))
+        metrics.STEPS.labels(self._label).inc(len(group) * group[0].steps)
+        self._deliver(group, stateful, slots, states, outputs, new_states)
+
+    @staticmethod
+    def _fail(group: list[StepRequest], error: BaseException) -> None:
+        for request in group:
+            request.status = RequestStatus.DONE
+            if not request.future.done():
+                request.future.set_exception(error)
+
+    def _deliver(
+        self,
+        group: list[StepRequest],
+        stateful: list[StepRequest],
+        slots: npt.NDArray[np.intp],
+        states: list[FloatArray],
+        outputs: list[FloatArray],
+        new_states: list[FloatArray],
+    ) -> None:
+        """Commit the new states of wanted requests and resolve their futures (loop thread)."""
+        wanted = [i for i, r in enumerate(stateful) if not r.future.done()]
+        if wanted:
+            if len(wanted) == len(stateful) and len(stateful) == len(group):
+                self.store.scatter(slots, new_states)
+            else:
+                keep = np.asarray(wanted, dtype=np.intp)
+                self.store.scatter(
+                    slots[keep],
+                    [
+                        np.take(s, keep, axis=spec.batch_axis)
+                        for spec, s in zip(self.store.specs, new_states, strict=True)
+                    ],
+                )
+        for index, request in enumerate(group):
+            request.status = RequestStatus.DONE
+            if request.future.done():
+                continue
+            if request.slot is not None:
+                request.committed = True
+                request.batch_states = states
+                request.batch_index = index
+            request.future.set_result([o[index] for o in outputs])

@@ -1,0 +1,244 @@
+"""SessionManager: session ids, ownership, idle TTL, capacity, one step at a time, tombstones."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from rnnserve.server import metrics
+from rnnserve.server.errors import (
+    CapacityExceeded,
+    SessionBusy,
+    SessionNotFound,
+    SessionPermissionDenied,
+)
+from rnnserve.server.state_store import StateStore
+from rnnserve.server.types import SessionView
+
+log = logging.getLogger(__name__)
+
+ModelKey = tuple[str, int]
+
+# Why a session is gone, remembered for this many recent ids (bounded memory).
+TOMBSTONES = 65_536
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    """A client's binding to a model version and a state slot (the state is in a StateStore)."""
+
+    session_id: str
+    model: str
+    version: int
+    identity: str
+    slot: int
+    created_at: float  # wall clock, for people
+    last_used: float  # monotonic, for the TTL
+    step_count: int = 0
+    busy: bool = False
+    closed: bool = False
+
+
+class SessionManager:
+    """Owns every live session; all methods run on the event loop thread.
+
+    Sessions are kept in least-recently-used order, so the reaper and capacity reclaim look only
+    at the oldest ones. A session is busy while one of its steps (or a generation) runs; a busy
+    session never expires, and a session closed while busy frees its slot only when the step
+    ends, so a late commit can never land in a slot reused by someone else.
+    """
+
+    def __init__(
+        self,
+        stores: Mapping[ModelKey, StateStore],
+        *,
+        ttl_s: float,
+        max_sessions: int,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._stores = stores
+        self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
+        self._clock = clock
+        self._wall = wall_clock
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._tombstones: OrderedDict[str, str] = OrderedDict()
+        self._reaper: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def live(self) -> Iterator[Session]:
+        """Every live session (a snapshot of the list, safe to mutate the manager meanwhile)."""
+        return iter(list(self._sessions.values()))
+
+    def create(
+        self,
+        model: str,
+        version: int,
+        identity: str,
+        *,
+        session_id: str | None = None,
+        created_at: float | None = None,
+        step_count: int = 0,
+    ) -> Session:
+        """A new session with the initial state (ids are 192-bit random, URL-safe)."""
+        if len(self._sessions) >= self.max_sessions:
+            self.reap(reason="reclaimed", limit=1)
+        if len(self._sessions) >= self.max_sessions:
+            raise CapacityExceeded(
+                f"the server holds its maximum of {self.max_sessions} sessions; close one or retry "
+                "after some expire"
+            )
+        if session_id is None:
+            session_id = secrets.token_urlsafe(24)
+        elif session_id in self._sessions:
+            raise ValueError(f"session id {session_id!r} already exists")
+        store = self._stores[(model, version)]
+        session = Session(
+            session_id=session_id,
+            model=model,
+            version=version,
+            identity=identity,
+            slot=store.allocate(),
+            created_at=created_at if created_at is not None else self._wall(),
+            last_used=self._clock(),
+            step_count=step_count,
+        )
+        self._sessions[session_id] = session
+        self._tombstones.pop(session_id, None)
+        metrics.ACTIVE_SESSIONS.labels(model).inc()
+        metrics.STATE_BYTES.labels(model).inc(store.slot_bytes)
+        return session
+
+    def get(self, session_id: str, identity: str) -> Session:
+        """The live session, if `identity` owns it; else SessionNotFound (with why) or denied."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFound(session_id, self._tombstones.get(session_id, "unknown"))
+        if not session.busy and self._clock() - session.last_used > self.ttl_s:
+            self._remove(session, "expired")
+            raise SessionNotFound(session_id, "expired")
+        if session.identity != identity:
+            raise SessionPermissionDenied(
+                f"session {session_id!r} belongs to another client identity", field="session_id"
+            )
+        return session
+
+    def acquire(
+        self, session_id: str, identity: str, expected_step_count: int | None = None
+    ) -> Session:
+        """Mark the session busy for one step (or one generation); pair with `release`."""
+        session = self.get(session_id, identity)
+        if session.busy:
+            raise SessionBusy(
+                f"session {session_id!r} is already running a step; send the next step after the "
+                "previous reply",
+                field="session_id",
+            )
+        if expected_step_count is not None and expected_step_count != session.step_count:
+            raise SessionBusy(
+                f"out of order: the message expects step count {expected_step_count}, session "
+                f"{session_id!r} is at {session.step_count}",
+                field="expected_step_count",
+            )
+        session.busy = True
+        self.touch(session)
+        return session
+
+    def release(self, session: Session) -> None:
+        """End the step begun by `acquire`."""
+        session.busy = False
+        if session.closed:
+            self._stores[(session.model, session.version)].release(session.slot)
+        else:
+            self.touch(session)
+
+    def touch(self, session: Session) -> None:
+        """Restart the idle TTL."""
+        session.last_used = self._clock()
+        if session.session_id in self._sessions:
+            self._sessions.move_to_end(session.session_id)
+
+    def close(self, session_id: str, identity: str) -> Session:
+        """Remove the session; later lookups say it was closed."""
+        session = self.get(session_id, identity)
+        self._remove(session, "closed")
+        return session
+
+    def remove(self, session: Session, reason: str) -> None:
+        """Remove a session for `reason` (closed, expired, evicted)."""
+        if self._sessions.get(session.session_id) is session:
+            self._remove(session, reason)
+
+    def _remove(self, session: Session, reason: str) -> None:
+        del self._sessions[session.session_id]
+        session.closed = True
+        if not session.busy:
+            self._stores[(session.model, session.version)].release(session.slot)
+        self._tombstones[session.session_id] = reason
+        if len(self._tombstones) > TOMBSTONES:
+            self._tombstones.popitem(last=False)
+        store = self._stores[(session.model, session.version)]
+        metrics.ACTIVE_SESSIONS.labels(session.model).dec()
+        metrics.STATE_BYTES.labels(session.model).dec(store.slot_bytes)
+        if reason != "closed":
+            metrics.EVICTIONS.labels(reason).inc()
+        log.info("session %s %s", session.session_id, reason)
+
+    def reap(self, *, reason: str = "expired", limit: int | None = None) -> int:
+        """Remove idle-expired sessions (oldest first); returns how many."""
+        now, removed = self._clock(), 0
+        for session in list(self._sessions.values()):
+            if now - session.last_used <= self.ttl_s:
+                break  # least-recently-used order: the rest are younger
+            if session.busy:
+                continue
+            # A reclaimed session was expired anyway; its owner is told "expired".
+            self._remove(session, "expired")
+            if reason != "expired":
+                metrics.EVICTIONS.labels(reason).inc()
+            removed += 1
+            if limit is not None and removed >= limit:
+                break
+        return removed
+
+    def view(self, session: Session) -> SessionView:
+        """The public description of a session."""
+        store = self._stores[(session.model, session.version)]
+        idle = self._clock() - session.last_used
+        return SessionView(
+            session_id=session.session_id,
+            model=session.model,
+            version=session.version,
+            step_count=session.step_count,
+            created_at=session.created_at,
+            expires_at=self._wall() + max(0.0, self.ttl_s - idle),
+            state_bytes=store.slot_bytes,
+        )
+
+    def start_reaper(self) -> None:
+        """Expire idle sessions in the background (a few times per TTL, at most every 30 s)."""
+        interval = min(max(self.ttl_s / 4, 0.05), 30.0)
+
+        async def run() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                self.reap()
+
+        self._reaper = asyncio.get_running_loop().create_task(run(), name="session-reaper")
+
+    async def stop_reaper(self) -> None:
+        """Stop the background reaper."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
