@@ -8,11 +8,12 @@ limits, NaN) is the core's job and comes back as InvalidInput with a path relati
 from __future__ import annotations
 
 import math
+import re
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-from rnnserve.server.errors import InvalidInput
+from rnnserve.server.errors import InvalidInput, RnnServeError
 from rnnserve.server.manifest import ModelManifest
 from rnnserve.server.types import (
     FinishReason,
@@ -84,6 +85,26 @@ def _dtype_name(value: int) -> str:
         return str(pb.DataType.Name(value))  # type: ignore[arg-type]
     except ValueError:
         return str(value)
+
+
+# Roots of the field paths the core reports relative to one message of input.
+_INPUT_ROOTS = frozenset({"tokens", "features", "text"})
+
+
+def request_field(err: RnnServeError, input_path: str | None = None) -> RnnServeError:
+    """Turn a core error's field into a path of this API's request.
+
+    Input-relative paths ("tokens.ids[3]") go under `input_path` ("step", "input"); the core's
+    "options.*" is this API's "output.*". Other paths are already request paths.
+    """
+    if not err.field:
+        return err
+    root = re.split(r"[.\[]", err.field, maxsplit=1)[0]
+    if root == "options":
+        err.field = "output" + err.field[len("options") :]
+    elif root in _INPUT_ROOTS and input_path:
+        err.with_field_prefix(input_path)
+    return err
 
 
 # ---- requests -> domain ------------------------------------------------------------------------

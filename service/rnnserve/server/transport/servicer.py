@@ -7,7 +7,7 @@ from contextlib import aclosing
 from typing import Any
 
 from rnnserve.server.engine import InferenceEngine
-from rnnserve.server.errors import InvalidInput
+from rnnserve.server.errors import InvalidInput, RnnServeError
 from rnnserve.server.logging import SESSION_ID
 from rnnserve.server.transport import codecs
 from rnnserve.server.transport.context import deadline_of, identity_of
@@ -72,8 +72,8 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
                 expected_step_count=expected,
                 deadline=deadline_of(context),
             )
-        except InvalidInput as err:
-            raise err.with_field_prefix("input") from None
+        except RnnServeError as err:
+            raise codecs.request_field(err, "input") from None
         return pb.StepResponse(result=codecs.encode_step(outcome))
 
     @rpc_handler
@@ -110,10 +110,7 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
     async def ImportState(
         self, request: pb.ImportStateRequest, context: Any
     ) -> pb.ImportStateResponse:
-        try:
-            view = await self._engine.import_state(request.snapshot, identity_of(context))
-        except InvalidInput as err:
-            raise err.with_field_prefix("snapshot") from None
+        view = await self._engine.import_state(request.snapshot, identity_of(context))
         SESSION_ID.set(view.session_id)
         return pb.ImportStateResponse(session=codecs.encode_session(view))
 
@@ -127,7 +124,10 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
             for i, sequence in enumerate(request.sequences)
         ]
         options = codecs.decode_output_options(request.output)
-        outcomes = await self._engine.predict(name, version, sequences, options)
+        try:
+            outcomes = await self._engine.predict(name, version, sequences, options)
+        except RnnServeError as err:
+            raise codecs.request_field(err) from None  # the core names sequences[i] itself
         return pb.PredictResponse(results=[codecs.encode_step(o) for o in outcomes])
 
     @rpc_handler

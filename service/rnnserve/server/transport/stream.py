@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from rnnserve.server.engine import InferenceEngine
-from rnnserve.server.errors import InvalidInput, SessionNotFound, ShuttingDown
+from rnnserve.server.errors import InvalidInput, RnnServeError, SessionNotFound, ShuttingDown
 from rnnserve.server.logging import REQUEST_ID, SESSION_ID
 from rnnserve.server.transport import codecs
 from rnnserve.server.transport.context import deadline_of, identity_of
 from rnnserve.server.transport.errors import StreamProtocolError, describe, inband_error
 from rnnserve.server.transport.observe import record_call
+from rnnserve.server.types import SessionView
 from rnnserve.v1 import rnnserve_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,8 @@ class StreamConversation:
                     options,
                     deadline=deadline_of(self._context),
                 )
-            except InvalidInput as err:
-                raise err.with_field_prefix("step") from None
+            except RnnServeError as err:
+                raise codecs.request_field(err, "step") from None
             return pb.StreamResponse(result=codecs.encode_step(outcome))
         return await self._control(session_id, request.control)
 
@@ -99,24 +100,28 @@ class StreamConversation:
                 "this stream already has a session; `open` must be the stream's first message",
                 field="open",
             )
-        source = message.WhichOneof("source")
-        if source == "model":
-            name, version = codecs.decode_model_ref(message.model, "open.model")
-            view = await self._engine.create_session(name, version, self._identity)
-        elif source == "session_id":
-            session_id = codecs.decode_session_id(message.session_id, "open.session_id")
-            view = await self._engine.get_session(session_id, self._identity)
-        elif source == "snapshot":
-            try:
-                view = await self._engine.import_state(message.snapshot, self._identity)
-            except InvalidInput as err:
-                raise err.with_field_prefix("open.snapshot") from None
-        else:
-            raise InvalidInput("one of model, session_id or snapshot must be set", field="open")
+        try:
+            view = await self._bind(message)
+        except ShuttingDown:
+            raise
+        except RnnServeError as err:
+            raise err.with_field_prefix("open") from None  # "model.name" -> "open.model.name"
         self._session_id, self._session_gone = view.session_id, False
         SESSION_ID.set(view.session_id)
         log.info("stream bound to session", extra={"model": view.model, "version": view.version})
         return pb.StreamResponse(session=codecs.encode_session(view))
+
+    async def _bind(self, message: pb.OpenSession) -> SessionView:
+        source = message.WhichOneof("source")
+        if source == "model":
+            name, version = codecs.decode_model_ref(message.model)
+            return await self._engine.create_session(name, version, self._identity)
+        if source == "session_id":
+            session_id = codecs.decode_session_id(message.session_id)
+            return await self._engine.get_session(session_id, self._identity)
+        if source == "snapshot":
+            return await self._engine.import_state(message.snapshot, self._identity)
+        raise InvalidInput("one of model, session_id or snapshot must be set", field="")
 
     async def _control(self, session_id: str, action: int) -> pb.StreamResponse:
         if action == pb.CONTROL_ACTION_RESET:

@@ -1,0 +1,144 @@
+"""Composition root: wires the engine, the gRPC services, health, reflection and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from threading import Thread
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+from rnnserve.server.engine import InferenceEngine
+from rnnserve.server.logging import configure_logging
+from rnnserve.server.settings import Settings
+from rnnserve.server.transport.servicer import InferenceServicer
+from rnnserve.v1 import rnnserve_pb2, rnnserve_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+INFERENCE_SERVICE = rnnserve_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# After the engine has drained and snapshotted, calls still open (idle streams) get this long to
+# send what they already have before they are cancelled.
+FLUSH_GRACE_S = 0.5
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class RnnServeServer:
+    """The whole service: gRPC server, engine, health status and metrics endpoint.
+
+    `start()` binds, loads the models (health NOT_SERVING until then) and goes SERVING;
+    `stop(grace)` goes NOT_SERVING, stops accepting calls, lets the engine drain and snapshot,
+    then ends what is left.
+    """
+
+    def __init__(
+        self, settings: Settings, engine: InferenceEngine, grpc_server: Any, port: int
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.grpc_server = grpc_server
+        self.port = port
+        self.health = HealthServicer()
+        self.metrics_port: int | None = None
+        self._metrics_http: Any = None
+        self._metrics_thread: Thread | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Start serving: bind, load models and restore sessions, then report SERVING."""
+        await self._set_health(_NOT_SERVING)
+        await self.grpc_server.start()
+        self._start_metrics()
+        try:
+            await self.engine.start()
+        except BaseException:
+            await self.grpc_server.stop(None)
+            self._stop_metrics()
+            raise
+        await self._set_health(_SERVING)
+        log.info("serving rnnserve.v1 on port %d", self.port, extra={"port": self.port})
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, refuse new calls, drain and snapshot, then close."""
+        if self._stopping:
+            return
+        self._stopping = True
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        await self._set_health(_NOT_SERVING)
+        # Stops accepting at once; calls already running (open streams) may go on for `grace`.
+        refusing = asyncio.create_task(self.grpc_server.stop(grace))
+        try:
+            await self.engine.stop(grace)
+        finally:
+            await self.grpc_server.stop(min(grace, FLUSH_GRACE_S))
+            await refusing
+            self._stop_metrics()
+        log.info("stopped")
+
+    async def wait_for_termination(self) -> None:
+        """Block until the gRPC server has stopped."""
+        await self.grpc_server.wait_for_termination()
+
+    async def _set_health(self, status: int) -> None:
+        for service in ("", INFERENCE_SERVICE):
+            await self.health.set(service, status)
+
+    def _start_metrics(self) -> None:
+        port = self.settings.metrics_port
+        if port is None or port < 0:
+            return
+        self._metrics_http, self._metrics_thread = start_http_server(port, addr=self.settings.host)
+        self.metrics_port = int(self._metrics_http.server_port)
+        log.info("metrics on port %d", self.metrics_port, extra={"port": self.metrics_port})
+
+    def _stop_metrics(self) -> None:
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            self._metrics_http = None
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def build_server(settings: Settings) -> tuple[RnnServeServer, int]:
+    """Wire everything for `settings` and bind the port (not started; call `await start()`).
+
+    Returns the server and the bound port (the actual one when settings.port is 0). Must be
+    called with an asyncio event loop running (grpc.aio).
+    """
+    engine = InferenceEngine(settings)
+    # so_reuseport off: a second server on a taken port must fail, not silently share it.
+    grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    port = grpc_server.add_insecure_port(_address(settings.host, settings.port))
+    if port == 0:
+        raise OSError(f"cannot bind {_address(settings.host, settings.port)}")
+    server = RnnServeServer(settings, engine, grpc_server, port)
+    rnnserve_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(engine), grpc_server)
+    health_pb2_grpc.add_HealthServicer_to_server(server.health, grpc_server)
+    reflection.enable_server_reflection(
+        (INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), grpc_server
+    )
+    return server, port
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully within settings.shutdown_grace_s."""
+    configure_logging(settings.log_level, json_format=settings.log_json)
+    server, _ = build_server(settings)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    await server.start()
+    await stop_requested.wait()
+    log.info("stop requested; draining for up to %.1f s", settings.shutdown_grace_s)
+    await server.stop(settings.shutdown_grace_s)
