@@ -20,6 +20,8 @@ class RnnServeError(Exception):
             one, else ``None``.
         retry_after: seconds the server asked the caller to wait before retrying (set for an
             overloaded server), else ``None``.
+        reason: the server's finer reason where it gave one, e.g. ``"expired"``, ``"evicted"``
+            or ``"closed"`` for a session that is gone, else ``None``.
     """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
@@ -31,11 +33,13 @@ class RnnServeError(Exception):
         field: str | None = None,
         code: grpc.StatusCode | None = None,
         retry_after: float | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
         self.retry_after = retry_after
+        self.reason = reason
         if code is not None:
             self.code = code
 
@@ -187,13 +191,16 @@ def make_error(
     *,
     field: str | None = None,
     retry_after: float | None = None,
+    reason: str | None = None,
 ) -> RnnServeError:
     """Build the exception for a status code, message and optional field."""
-    cls = error_class(code)
     if field is None:
+        # The server writes "<field>: <message>" when a field is at fault.
         match = _FIELD_PREFIX.match(message)
-        field = match.group(1) if match and cls is InvalidArgument else None
-    return cls(message, field=field or None, code=code, retry_after=retry_after)
+        field = match.group(1) if match else None
+    return error_class(code)(
+        message, field=field or None, code=code, retry_after=retry_after, reason=reason
+    )
 
 
 def from_stream_error(error: rnnserve_pb2.Error) -> RnnServeError:
@@ -211,19 +218,20 @@ def _metadata_value(metadata: Sequence[Any] | None, keys: Sequence[str]) -> str 
     return None
 
 
-def _details_from_status(blob: bytes) -> tuple[str | None, float | None]:
-    """Read the field and retry delay from google.rpc rich error details, where present."""
+def _details_from_status(blob: bytes) -> tuple[str | None, float | None, str | None]:
+    """Read the field, retry delay and reason from google.rpc rich error details."""
     try:
         from google.rpc import error_details_pb2, status_pb2
     except ImportError:  # googleapis-common-protos is optional for the client
-        return None, None
+        return None, None, None
     status = status_pb2.Status()
     try:
         status.ParseFromString(blob)
     except Exception:  # a malformed details blob must not hide the real error
-        return None, None
+        return None, None, None
     field: str | None = None
     retry_after: float | None = None
+    reason: str | None = None
     for detail in status.details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad_request = error_details_pb2.BadRequest()
@@ -235,11 +243,12 @@ def _details_from_status(blob: bytes) -> tuple[str | None, float | None]:
             detail.Unpack(info)
             if field is None and info.metadata.get("field"):
                 field = info.metadata["field"]
+            reason = info.metadata.get("reason") or None
         elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             retry = error_details_pb2.RetryInfo()
             detail.Unpack(retry)
             retry_after = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
-    return field, retry_after
+    return field, retry_after, reason
 
 
 def from_rpc_error(
@@ -251,9 +260,10 @@ def from_rpc_error(
     status_code = code if code is not None else grpc.StatusCode.UNKNOWN
     field: str | None = None
     retry_after: float | None = None
+    reason: str | None = None
     blob = _metadata_value(trailing_metadata, (_STATUS_DETAILS_KEY,))
     if isinstance(blob, bytes):
-        field, retry_after = _details_from_status(blob)
+        field, retry_after, reason = _details_from_status(blob)
     if field is None:
         value = _metadata_value(trailing_metadata, _FIELD_KEYS)
         if value:
@@ -266,7 +276,7 @@ def from_rpc_error(
             except ValueError:
                 retry_after = None
     message = details or status_code.name
-    return make_error(status_code, message, field=field, retry_after=retry_after)
+    return make_error(status_code, message, field=field, retry_after=retry_after, reason=reason)
 
 
 def convert_rpc_error(error: grpc.RpcError) -> RnnServeError:
