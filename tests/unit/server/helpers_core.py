@@ -1,0 +1,37 @@
+"""Small helpers shared by the core's unit tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from rnnserve.server.engine import InferenceEngine
+from rnnserve.server.types import OutputOptions
+
+ME = "alice"
+
+
+def tokens(seed: int, length: int, vocab: int = 20) -> npt.NDArray[np.int64]:
+    """Reproducible random token ids."""
+    return np.random.default_rng(seed).integers(0, vocab, length).astype(np.int64)
+
+
+def frames(seed: int, length: int, width: int) -> npt.NDArray[np.float32]:
+    """Reproducible random feature frames."""
+    return np.random.default_rng(seed).normal(size=(length, width)).astype(np.float32)
+
+
+async def feed(
+    engine: InferenceEngine, session_id: str, data: npt.NDArray[np.generic] | str
+) -> npt.NDArray[np.float32]:
+    """Step a session with one message and return its first output's raw rows."""
+    outcome = await engine.step(session_id, ME, data, OutputOptions())  # type: ignore[arg-type]
+    tensor = outcome.outputs[0].tensor
+    assert tensor is not None
+    return tensor
+
+
+async def twin_session(engine: InferenceEngine, model: str, prefix: npt.NDArray[np.generic]) -> str:
+    """A fresh session fed `prefix`: what an untouched session looks like."""
+    view = await engine.create_session(model, 0, ME)
+    await feed(engine, view.session_id, prefix)
+    return view.session_id
