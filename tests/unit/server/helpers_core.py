@@ -35,3 +35,31 @@ async def twin_session(engine: InferenceEngine, model: str, prefix: npt.NDArray[
     view = await engine.create_session(model, 0, ME)
     await feed(engine, view.session_id, prefix)
     return view.session_id
+
+
+class Gate:
+    """Holds a model's onnxruntime calls until opened, to make steps queue up or stay running."""
+
+    def __init__(self, engine: InferenceEngine, model: str, version: int = 0) -> None:
+        import threading
+
+        versions = engine._models[model]
+        self.model = versions[version or max(versions)].model
+        self._run = self.model.run
+        self.opened = threading.Event()
+        self.entered = threading.Event()
+        self.model.run = self._gated  # type: ignore[method-assign]
+
+    def _gated(self, *args: object) -> object:
+        self.entered.set()
+        self.opened.wait(10)
+        return self._run(*args)  # type: ignore[arg-type]
+
+    async def wait_entered(self) -> None:
+        """Until a call is inside the model (running, not queued)."""
+        import asyncio
+
+        assert await asyncio.to_thread(self.entered.wait, 10)
+
+    def open(self) -> None:
+        self.opened.set()
