@@ -1,8 +1,9 @@
 """A trivial InferenceService answering at once with replies of the real size: the transport floor.
 
-It keeps no state and runs no model: each step reply carries `steps x logits` float32 zeros and an
-argmax per step, the size of what the char-lstm's reply carries, so driving it with the same load
-shows what gRPC and Python alone cost. Run it with `python -m rnnserve.client.load.echo --port N`.
+It keeps no state and runs no model: each step reply carries `steps x logits` float32 zeros, an
+argmax and a one-character label per step, byte for byte the size of the char-lstm's reply, so
+driving it with the same load shows what gRPC and Python alone cost. Run it with
+`python -m rnnserve.client.load.echo --port N`.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ class EchoService(pb_grpc.InferenceServiceServicer):
                 )
             self._results[key] = pb.StepResult(
                 outputs=[
-                    pb.Output(name="logits", meaning="logits", tensor=tensor, argmax=[0] * rows)
+                    pb.Output(
+                        name="logits",
+                        meaning="logits",
+                        tensor=tensor,
+                        argmax=[0] * rows,
+                        labels=["a"] * rows,
+                    )
                 ]
             )
         result = pb.StepResult()

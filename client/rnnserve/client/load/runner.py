@@ -24,7 +24,7 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 ]
-_METHODS = {"stream": "Stream", "step": "Step", "generate": "Generate", "predict": "Predict"}
+_METHODS = {"stream": "Stream.step", "step": "Step", "generate": "Generate", "predict": "Predict"}
 # Grace beyond the duration bound for replies already in flight, before stragglers are cancelled.
 _STRAGGLER_GRACE_S = 5.0
 

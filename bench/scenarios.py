@@ -1,0 +1,75 @@
+"""The benchmark's load scenarios: each is one LoadConfig shape run against one or more servers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+LONG = 10**7  # messages per session when the duration bound is what ends a run
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One row of the benchmark: a workload and the servers it runs against."""
+
+    key: str
+    title: str
+    servers: tuple[str, ...]
+    load: dict[str, Any] = field(default_factory=dict)
+    timed: bool = True
+    """True: bounded by the run duration; False: bounded by `load`'s own counts."""
+
+
+def scenarios(positions: tuple[int, ...]) -> list[Scenario]:
+    """Every scenario, in run order."""
+    both = ("echo", "rnnserve")
+    items = [
+        Scenario(
+            f"stream-c{c}", f"Stream, {c} concurrent", both, {"mode": "stream", "concurrency": c}
+        )
+        for c in (1, 16, 64, 256)
+    ]
+    items += [
+        Scenario(
+            f"step-c{c}", f"unary Step, {c} concurrent", both, {"mode": "step", "concurrency": c}
+        )
+        for c in (1, 64)
+    ]
+    items += [
+        Scenario(
+            f"chunk64-c{c}",
+            f"Stream, 64 steps/message, {c} concurrent",
+            both,
+            {"mode": "stream", "concurrency": c, "steps_per_message": 64, "output_steps": "all"},
+        )
+        for c in (1, 16)
+    ]
+    # Per-token cost by position: a few hundred timed messages right after the start position.
+    for position in positions:
+        items.append(
+            Scenario(
+                f"position-{position}",
+                f"Stream, 1 concurrent, at step {position:,}",
+                ("rnnserve",),
+                {"mode": "stream", "concurrency": 1, "start_position": position, "steps": 200},
+                timed=False,
+            )
+        )
+        # The naive baseline re-sends the whole prefix: few messages suffice at long prefixes.
+        messages = 200 if position <= 100 else 50 if position <= 1000 else 8
+        items.append(
+            Scenario(
+                f"predict-{position}",
+                f"naive stateless Predict, prefix {position:,}",
+                ("rnnserve",),
+                {
+                    "mode": "predict",
+                    "concurrency": 1,
+                    "start_position": position,
+                    "steps": messages,
+                    "timeout_s": 120.0,
+                },
+                timed=False,
+            )
+        )
+    return items
