@@ -44,7 +44,9 @@ class RnnServeError(Exception):
             self.code = code
 
     def __str__(self) -> str:
-        where = f" (field {self.field})" if self.field else ""
+        # The server already starts its message with the field; say it only where it did not.
+        named = not self.field or self.message.startswith(f"{self.field}:")
+        where = "" if named else f" (field {self.field})"
         return f"{self.code.name}: {self.message}{where}"
 
     def __repr__(self) -> str:

@@ -145,33 +145,43 @@ class StepOutput:
 
     @property
     def output(self) -> ModelOutput:
-        """The model's first output."""
-        return next(iter(self.outputs.values()))
+        """The model's first output (``LookupError`` if the reply carries no outputs)."""
+        for output in self.outputs.values():
+            return output
+        raise LookupError("this reply carries no outputs")
+
+    @property
+    def _first(self) -> ModelOutput:
+        return self.output if self.outputs else _EMPTY
 
     @property
     def tensor(self) -> FloatArray | None:
         """The first output's tensor ``[rows, *shape]`` (RAW or PROBABILITIES format)."""
-        return self.output.tensor
+        return self._first.tensor
 
     @property
     def argmax(self) -> IntArray | None:
         """The first output's argmax per returned step (logits outputs)."""
-        return self.output.argmax
+        return self._first.argmax
 
     @property
     def labels(self) -> tuple[str, ...]:
         """The first output's argmax label per returned step, where it has labels."""
-        return self.output.labels
+        return self._first.labels
 
     @property
     def top_k_indices(self) -> IntArray | None:
         """The first output's top-k class indices ``[rows, k]`` (TOP_K format)."""
-        return self.output.top_k_indices
+        return self._first.top_k_indices
 
     @property
     def top_k_probabilities(self) -> FloatArray | None:
         """The first output's top-k probabilities ``[rows, k]`` (TOP_K format)."""
-        return self.output.top_k_probabilities
+        return self._first.top_k_probabilities
+
+
+# What the shortcuts of a reply without outputs read: nothing is set.
+_EMPTY = ModelOutput(name="", meaning="")
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,7 @@ def _step_json(result: StepOutput) -> dict[str, Any]:
     }
 
 
-def _describe_step(data: InputLike, result: StepOutput) -> str:
+def _describe_step(data: InputLike, result: StepOutput, show_top_k: bool) -> str:
     shown = data if isinstance(data, str) else np.asarray(data).tolist()
     parts = [f"step {result.step_count:>5}  in {shown!r}"]
     for output in result:
@@ -149,7 +149,11 @@ def _describe_step(data: InputLike, result: StepOutput) -> str:
             parts.append(f"{output.name}: {int(output.argmax[-1])}")
         elif output.tensor is not None:
             parts.append(f"{output.name}: {np.round(output.tensor[-1], 4).tolist()}")
-        if output.top_k_indices is not None and output.top_k_probabilities is not None:
+        if (
+            show_top_k
+            and output.top_k_indices is not None
+            and output.top_k_probabilities is not None
+        ):
             names = (
                 output.top_k_labels[-1]
                 if output.top_k_labels
@@ -280,9 +284,8 @@ def _stream(client: Client, args: argparse.Namespace, out: TextIO, stdin: TextIO
 
     failures = 0
     with client.session(args.model, args.version) as session:
-        stream = session.stream(
-            inputs(), output="top_k" if args.top_k else "none", top_k=args.top_k or 5
-        )
+        # TOP_K with k >= 1 carries the argmax labels on every server, and stays small.
+        stream = session.stream(inputs(), output="top_k", top_k=max(1, args.top_k))
         for result in stream.results():
             data = sent.popleft() if sent else ""
             if isinstance(result, RnnServeError):
@@ -294,7 +297,7 @@ def _stream(client: Client, args: argparse.Namespace, out: TextIO, stdin: TextIO
             elif args.json:
                 print(json.dumps(_step_json(result)), file=out, flush=True)
             else:
-                print(_describe_step(data, result), file=out, flush=True)
+                print(_describe_step(data, result, args.top_k > 0), file=out, flush=True)
     return 1 if failures else 0
 
 
