@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,3 +125,36 @@ async def assert_same_next_step(
     theirs = await step(stub, twin_id, data, who)
     assert mine.step_count == theirs.step_count
     np.testing.assert_array_equal(output_array(mine), output_array(theirs))
+
+
+@dataclass
+class Hold:
+    """Signals of a held model: `entered` is set once an onnxruntime call is waiting to run."""
+
+    entered: threading.Event
+    release: threading.Event
+
+
+@contextmanager
+def hold_model(running: Running, model: str, version: int = 0) -> Iterator[Hold]:
+    """Make `model`'s next onnxruntime calls wait until `release` is set (or the block ends).
+
+    White-box on purpose: it wraps the loaded OnnxModel's `run` so a test can cancel a step, or
+    let a deadline pass, while the step is certainly in flight.
+    """
+    versions = running.server.engine._models[model]
+    served = versions[version or max(versions)]
+    hold = Hold(threading.Event(), threading.Event())
+    real_run = served.model.run
+
+    def held_run(*args: Any, **kwargs: Any) -> Any:
+        hold.entered.set()
+        hold.release.wait(timeout=10)
+        return real_run(*args, **kwargs)
+
+    served.model.run = held_run  # type: ignore[method-assign]
+    try:
+        yield hold
+    finally:
+        hold.release.set()
+        served.model.run = real_run  # type: ignore[method-assign]
