@@ -562,9 +562,21 @@ class AsyncClient:
         self._models[(info.name, info.version)] = info
         return info
 
-    async def _session_from(self, response: Any, timeout: float | None) -> AsyncSession:
+    async def _session_from(
+        self, response: Any, timeout: float | None, *, opened: bool = True
+    ) -> AsyncSession:
         info = decode_session(response.session)
-        return AsyncSession(self, info, await self.model(info.model, info.version, timeout=timeout))
+        try:
+            model = await self.model(info.model, info.version, timeout=timeout)
+        except RnnServeError:
+            if not opened:  # an attached session stays as it was
+                raise
+            # Do not leak a session the caller never got hold of.
+            with contextlib.suppress(RnnServeError):
+                request = pb.CloseSessionRequest(session_id=info.session_id)
+                await self._call("CloseSession", request, timeout=1)
+            raise
+        return AsyncSession(self, info, model)
 
     def session(
         self, model: str, version: int = 0, *, timeout: float | None = None
@@ -584,7 +596,7 @@ class AsyncClient:
         async def open_() -> AsyncSession:
             request = pb.GetSessionRequest(session_id=session_id)
             response = await self._call("GetSession", request, timeout=timeout, idempotent=True)
-            return await self._session_from(response, timeout)
+            return await self._session_from(response, timeout, opened=False)
 
         return _SessionOpener(open_)
 

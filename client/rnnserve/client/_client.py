@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -17,7 +18,7 @@ from rnnserve.client._codec import (
     generate_request,
     output_options,
 )
-from rnnserve.client._errors import convert_rpc_error
+from rnnserve.client._errors import RnnServeError, convert_rpc_error
 from rnnserve.client._retry import RetryPolicy
 from rnnserve.client._session import Session
 from rnnserve.client._streams import Generation
@@ -26,6 +27,7 @@ from rnnserve.client._types import (
     ModelInfo,
     OutputFormat,
     OutputSteps,
+    SessionInfo,
     StepOutput,
 )
 from rnnserve.v1 import rnnserve_pb2 as pb
@@ -182,8 +184,19 @@ class Client:
             pb.CreateSessionRequest(model=pb.ModelRef(name=model, version=version)),
             timeout=timeout,
         )
-        info = decode_session(response.session)
-        return Session(self, info, self.model(info.model, info.version, timeout=timeout))
+        return self._opened(decode_session(response.session), timeout)
+
+    def _opened(self, info: SessionInfo, timeout: float | None) -> Session:
+        """Wrap a session the server just opened; close it again if its model cannot be read."""
+        try:
+            model = self.model(info.model, info.version, timeout=timeout)
+        except RnnServeError:
+            with contextlib.suppress(RnnServeError):
+                self._call(
+                    "CloseSession", pb.CloseSessionRequest(session_id=info.session_id), timeout=1
+                )
+            raise
+        return Session(self, info, model)
 
     def attach(self, session_id: str, *, timeout: float | None = None) -> Session:
         """A :class:`Session` for an existing session id (opened earlier by this identity)."""
@@ -206,8 +219,7 @@ class Client:
         response = self._call(
             "ImportState", pb.ImportStateRequest(snapshot=snapshot), timeout=timeout
         )
-        info = decode_session(response.session)
-        return Session(self, info, self.model(info.model, info.version, timeout=timeout))
+        return self._opened(decode_session(response.session), timeout)
 
     # -- one-shot calls -------------------------------------------------------------------------
 

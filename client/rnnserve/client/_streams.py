@@ -161,6 +161,11 @@ class OutputStream(Iterator[StepOutput]):
         if not self._finished:
             self.cancel()
 
+    def __del__(self) -> None:
+        # An abandoned stream must not hold the call (and the server's conversation) open.
+        if not getattr(self, "_finished", True) and hasattr(self, "_call"):
+            self._call.cancel()
+
 
 class Generation(Iterator[str]):
     """Text pieces of a generation, one per token, as the server produces them.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ class FakeState:
     metadata: list[dict[str, str]] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     unavailable: dict[str, int] = field(default_factory=dict)  # method -> failures left
+    delay: dict[str, float] = field(default_factory=dict)  # method -> seconds before replying
     step_requests: list[pb.StepRequest] = field(default_factory=list)
     generate_cancelled: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -101,6 +103,8 @@ class FakeService(rnnserve_pb2_grpc.InferenceServiceServicer):
     def _enter(self, method: str, context: grpc.ServicerContext) -> None:
         self.state.calls.append(method)
         self.state.metadata.append(dict(context.invocation_metadata()))  # type: ignore[arg-type]
+        if self.state.delay.get(method):
+            time.sleep(self.state.delay[method])
         left = self.state.unavailable.get(method, 0)
         if left:
             self.state.unavailable[method] = left - 1

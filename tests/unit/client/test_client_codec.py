@@ -240,3 +240,22 @@ def test_retry_policy_retries_only_unavailable_within_its_attempts() -> None:
     assert not policy.should_retry(grpc.StatusCode.DEADLINE_EXCEEDED, 1)
     assert 0.1 <= policy.backoff(1) <= 0.12
     assert 0.3 <= policy.backoff(5) <= 0.36
+
+
+def test_rpc_error_reads_the_reason_from_error_info() -> None:
+    status = status_pb2.Status(code=5, message="session_id: session 'x' expired")
+    info = any_pb2.Any()
+    info.Pack(
+        error_details_pb2.ErrorInfo(
+            reason="SESSION_NOT_FOUND", domain="rnnserve.v1", metadata={"reason": "expired"}
+        )
+    )
+    status.details.append(info)
+    error = from_rpc_error(
+        grpc.StatusCode.NOT_FOUND,
+        status.message,
+        (("grpc-status-details-bin", status.SerializeToString()),),
+    )
+    assert isinstance(error, NotFound)
+    assert error.reason == "expired" and error.field == "session_id"
+    assert str(error) == "NOT_FOUND: session_id: session 'x' expired"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from client_fakes import BIDIRECTIONAL, MODEL, VOCABULARY, FakeServer, expected_
 from rnnserve.client import (
     Aborted,
     Client,
+    DeadlineExceeded,
     FailedPrecondition,
     FinishReason,
     InvalidArgument,
@@ -248,3 +251,28 @@ def test_text_the_vocabulary_cannot_encode_goes_to_the_server(client: Client) ->
     with client.session(MODEL) as session, pytest.raises(InvalidArgument) as caught:
         session.feed("abz")
     assert caught.value.field == "input.text[2]"
+
+
+def test_deadline_exceeded_makes_the_step_count_uncertain(
+    client: Client, fake_server: FakeServer
+) -> None:
+    with client.session(MODEL) as session:
+        session.feed([0])
+        fake_server.state.delay = {"Step": 0.3}
+        with pytest.raises(DeadlineExceeded):
+            session.feed([1], timeout=0.05)
+        assert session.step_count is None
+        fake_server.state.delay = {}
+        time.sleep(0.4)  # let the late step finish on the server
+        # The late step did run on the server: the client asks before the next step.
+        assert session.feed([2]).step_count == 3
+    assert "GetSession" in fake_server.state.calls
+
+
+def test_a_session_whose_model_cannot_be_read_is_closed_again(
+    client: Client, fake_server: FakeServer
+) -> None:
+    fake_server.state.unavailable = {"GetModel": 10}
+    with pytest.raises(Unavailable):
+        client.session(MODEL)
+    assert fake_server.state.closed == {"s1"}
