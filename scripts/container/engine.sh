@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Private Docker engine for the container test: install if missing, start with paths under $CTR_WORK,
 # stop by pid. Sourced by scripts/container_test.sh; expects CTR_WORK to be set.
 # Why private paths: these machines run no system dockerd, and a test must never touch a daemon,
@@ -19,10 +20,12 @@ ctr_ensure_tools() {
   [ ${#missing[@]} -eq 0 ] && return 0
   ctr_log "installing ${missing[*]} with apt-get"
   [ "$(id -u)" -eq 0 ] || ctr_die "need root to apt-get install ${missing[*]} (and to run dockerd)"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq >"$CTR_WORK/apt.log" 2>&1 \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap \
-      >>"$CTR_WORK/apt.log" 2>&1 \
-    || { tail -20 "$CTR_WORK/apt.log" >&2; ctr_die "apt-get install docker.io debootstrap failed"; }
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap; } \
+    >"$CTR_WORK/apt.log" 2>&1; then
+    tail -20 "$CTR_WORK/apt.log" >&2
+    ctr_die "apt-get install docker.io debootstrap failed (log $CTR_WORK/apt.log)"
+  fi
 }
 
 # Starts dockerd on a private socket and exports DOCKER_HOST; fails loudly if it cannot start.

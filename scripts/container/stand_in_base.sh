@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Builds (once, then reuses) a local stand-in for python:3.11-slim, because these machines reach no
 # container registry. Sourced by scripts/container_test.sh after the engine is up.
 # The stand-in is Debian bookworm (its python3 is 3.11, like python:3.11-slim) made by debootstrap
