@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--version", type=int, default=0)
     predict.add_argument("--tokens", action="store_true", help="inputs are token ids")
     predict.add_argument(
-        "--output", choices=["raw", "probabilities", "top_k", "none"], default="none"
+        "--output", choices=["raw", "probabilities", "top_k", "none"], default="raw"
     )
     predict.add_argument("--top-k", type=int, default=5)
     predict.add_argument("--last", action="store_true", help="only the last step of each")
@@ -317,6 +317,8 @@ def _predict(client: Client, args: argparse.Namespace, out: TextIO, stdin: TextI
             print(json.dumps(_step_json(result)), file=out)
             continue
         shown = data if isinstance(data, str) else np.asarray(data).tolist()
+        if not result.outputs:
+            print(f"{shown!r} -> {result.steps} steps, no outputs", file=out)
         for output in result:
             if output.labels:
                 value: object = list(output.labels)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ServerThread
+from client_server import ServerThread
 from rnnserve.client import Client
 from rnnserve.client.cli import main
 from tiny_models import CLASSIFIER, LM_VOCABULARY, LSTM_LM, RNN_LM, TAGGER, run_whole_sequence

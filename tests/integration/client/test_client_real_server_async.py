@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ServerThread
+from client_server import ServerThread
 from rnnserve.client import (
     Aborted,
     AsyncClient,
