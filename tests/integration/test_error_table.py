@@ -16,6 +16,7 @@ from server_helpers import (
     assert_same_next_step,
     expect_error,
     features,
+    hold_model,
     identity,
     open_session,
     step,
@@ -368,3 +369,34 @@ async def _step_count(running: Running, session_id: str) -> int:
 
 async def _drain(call: AsyncIterator[pb.GenerateResponse]) -> list[pb.GenerateResponse]:
     return [reply async for reply in call]
+
+
+async def test_full_queue_is_resource_exhausted_with_a_retry_hint(
+    serve: Callable[..., Awaitable[Running]],
+) -> None:
+    running = await serve(max_queue=1)
+    running_step, queued, refused, twin = [
+        await open_session(running.stub, GRU_LM) for _ in range(4)
+    ]
+    with hold_model(running, GRU_LM) as hold:
+        first = asyncio.ensure_future(step(running.stub, running_step, tokens([1])))
+        while not hold.entered.is_set():
+            await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(step(running.stub, queued, tokens([1])))
+        await asyncio.sleep(0.1)  # now the queue holds one step
+        err = await expect_error(step(running.stub, refused, tokens([1])))
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_queue 1" in (err.details() or "")
+        retry_ms = int(dict(err.trailing_metadata() or ())["retry-after-ms"])
+        assert retry_ms > 0
+
+        async def requests() -> AsyncIterator[pb.StreamRequest]:
+            yield pb.StreamRequest(open=pb.OpenSession(session_id=refused))
+            yield pb.StreamRequest(request_id="full", step=tokens([1]))
+
+        replies = [r async for r in running.stub.Stream(requests(), metadata=identity("alice"))]
+        assert replies[1].error.code_name == "RESOURCE_EXHAUSTED"
+        assert replies[1].error.retry_after_ms > 0
+        hold.release.set()
+        assert (await first).step_count == 1 and (await second).step_count == 1
+    await assert_same_next_step(running.stub, refused, twin, tokens([2]))

@@ -97,7 +97,7 @@ class StreamConversation:
     async def _open(self, message: pb.OpenSession) -> pb.StreamResponse:
         if self._session_id is not None and not self._session_gone:
             raise StreamProtocolError(
-                "this stream already has a session; `open` must be the stream's first message",
+                "this stream already has a session; open must be the stream's first message",
                 field="open",
             )
         try:
@@ -141,6 +141,6 @@ class StreamConversation:
             raise InvalidInput("one of open, step or control must be set", field="kind")
         if self._session_id is None:
             raise StreamProtocolError(
-                "no session is open on this stream: send `open` first", field=kind
+                "no session is open on this stream: send an open message first", field=kind
             )
         return self._session_id
