@@ -57,6 +57,7 @@ _SENT = "sent"
 _LOCAL_ERROR = "local"
 _RAISED = "raised"
 _END = "end"
+_CALL_DONE = "call-done"  # the call ended: a reader waiting for a slow input must not hang
 
 
 class AsyncOutputStream(AsyncIterator[StepOutput]):
@@ -143,6 +144,7 @@ class AsyncOutputStream(AsyncIterator[StepOutput]):
             raise StopAsyncIteration
         if self._call is None:
             self._call = self._start()
+            self._call.add_done_callback(lambda _: self._pending.put_nowait((_CALL_DONE, None)))
             self._writer = asyncio.ensure_future(self._write())
         if self._session is None:
             response = await self._read()
@@ -151,6 +153,10 @@ class AsyncOutputStream(AsyncIterator[StepOutput]):
                 raise from_stream_error(response.error)
             self._session = decode_session(response.session)
         kind, value = await self._pending.get()
+        while kind == _CALL_DONE:
+            if self._pending.empty():
+                await self._read()  # nothing more will come: raises how the call ended
+            kind, value = await self._pending.get()
         if kind == _END:
             self._finish()
             raise StopAsyncIteration

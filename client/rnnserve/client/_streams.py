@@ -38,6 +38,8 @@ _SENT = "sent"
 _LOCAL_ERROR = "local"
 _RAISED = "raised"
 _END = "end"
+# The call ended (any status); lets a reader waiting for a slow input learn that the call died.
+_CALL_DONE = "call-done"
 
 
 class OutputStream(Iterator[StepOutput]):
@@ -53,7 +55,7 @@ class OutputStream(Iterator[StepOutput]):
 
     def __init__(
         self,
-        start: Callable[[Iterator[pb.StreamRequest]], Iterator[pb.StreamResponse]],
+        start: Callable[[Iterator[pb.StreamRequest]], Any],
         open_request: pb.StreamRequest,
         inputs: Iterable[InputLike],
         options: OutputOptions,
@@ -70,6 +72,7 @@ class OutputStream(Iterator[StepOutput]):
         self._finished = False
         self._lock = threading.Lock()
         self._call: Any = start(self._requests())
+        self._call.add_done_callback(lambda _: self._pending.put((_CALL_DONE, None)))
 
     @property
     def session(self) -> SessionInfo | None:
@@ -123,6 +126,10 @@ class OutputStream(Iterator[StepOutput]):
             if self._session is None:
                 self._open()
             kind, value = self._pending.get()
+            while kind == _CALL_DONE:
+                if self._pending.empty():
+                    self._read()  # nothing more will come: raises how the call ended
+                kind, value = self._pending.get()
             if kind == _END:
                 self._finished = True
                 raise StopIteration

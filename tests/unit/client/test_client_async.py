@@ -11,6 +11,7 @@ from client_fakes import BIDIRECTIONAL, MODEL, FakeServer, expected_logits
 from rnnserve.client import (
     Aborted,
     AsyncClient,
+    DeadlineExceeded,
     FinishReason,
     InvalidArgument,
     NotFound,
@@ -104,3 +105,17 @@ async def test_generation_cancel(client: AsyncClient, fake_server: FakeServer) -
     generation.cancel()
     assert [piece async for piece in generation] == []
     assert await asyncio.to_thread(fake_server.state.generate_cancelled.wait, 5)
+
+
+async def test_stream_deadline_while_waiting_for_input(client: AsyncClient) -> None:
+    async def slow_inputs() -> AsyncIterator[list[int]]:
+        yield [0]
+        await asyncio.sleep(5)
+        yield [1]
+
+    async with client.session(MODEL) as session:
+        stream = session.stream(slow_inputs(), timeout=0.3)
+        assert (await stream.__anext__()).step_count == 1
+        with pytest.raises(DeadlineExceeded):
+            await stream.__anext__()
+        stream.cancel()

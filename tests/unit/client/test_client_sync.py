@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -276,3 +277,21 @@ def test_a_session_whose_model_cannot_be_read_is_closed_again(
     with pytest.raises(Unavailable):
         client.session(MODEL)
     assert fake_server.state.closed == {"s1"}
+
+
+def test_stream_deadline_while_waiting_for_input_raises_instead_of_hanging(
+    client: Client,
+) -> None:
+    def slow_inputs() -> Iterator[list[int]]:
+        yield [0]
+        time.sleep(1.0)
+        yield [1]
+
+    with client.session(MODEL) as session:
+        stream = session.stream(slow_inputs(), timeout=0.3)
+        assert next(stream).step_count == 1
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            next(stream)
+        assert time.monotonic() - started < 0.9
+        assert session.step_count is None
