@@ -104,9 +104,8 @@ def _validate_tokens(
     _check_steps(array.shape[0], max_steps, "tokens.ids")
     vocab = len(spec.vocabulary)
     ids = array.astype(np.int64, copy=False)
-    bad = np.flatnonzero((ids < 0) | (ids >= vocab))
-    if bad.size:
-        index = int(bad[0])
+    if ids.min() < 0 or ids.max() >= vocab:  # min/max first: the cheap check on the hot path
+        index = int(np.flatnonzero((ids < 0) | (ids >= vocab))[0])
         raise InvalidInput(
             f"token id {int(ids[index])} is outside the vocabulary [0, {vocab}) of model "
             f"{manifest.name!r}",

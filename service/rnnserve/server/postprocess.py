@@ -57,16 +57,26 @@ def build_outputs(
             result.tensor = softmax(rows)
         else:
             k = min(options.top_k, rows.shape[-1])
-            probabilities = softmax(rows)
-            # argpartition then sort the k: O(n) instead of a full sort of a large vocabulary
-            top = np.argpartition(-probabilities, k - 1, axis=-1)[..., :k]
-            order = np.argsort(
-                -np.take_along_axis(probabilities, top, axis=-1), axis=-1, kind="stable"
-            )
-            top = np.take_along_axis(top, order, axis=-1).astype(np.int64)
+            top, top_probabilities = top_k(softmax(rows), k)
             result.top_k_indices = top
-            result.top_k_probabilities = np.take_along_axis(probabilities, top, axis=-1)
+            result.top_k_probabilities = top_probabilities
             if spec.labels is not None:
                 result.top_k_labels = [[spec.labels[i] for i in row] for row in top.tolist()]
         results.append(result)
     return results
+
+
+def top_k(probabilities: FloatArray, k: int) -> tuple[npt.NDArray[np.int64], FloatArray]:
+    """The k largest entries of each row [rows, n], largest first: (indices, values)."""
+    count = probabilities.shape[-1]
+    if probabilities.shape[0] == 1:  # the common case (one step, or the last step): 1-D is cheaper
+        row = probabilities[0]
+        top = np.argpartition(row, count - k)[count - k :] if k < count else np.arange(count)
+        top = top[np.argsort(-row[top], kind="stable")]
+        return top[None].astype(np.int64), row[top][None]
+    # argpartition then sort only the k: O(n) per row instead of a full sort of a vocabulary
+    top = np.argpartition(probabilities, count - k, axis=-1)[:, count - k :]
+    rows = np.arange(probabilities.shape[0])[:, None]
+    order = np.argsort(-probabilities[rows, top], axis=-1, kind="stable")
+    top = top[rows, order]
+    return top.astype(np.int64), probabilities[rows, top]

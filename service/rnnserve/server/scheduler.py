@@ -97,6 +97,11 @@ class BatchScheduler:
         self._idle.set()
         self._call_seconds = 0.001  # moving average of one call, for the Overloaded retry hint
         self._label = model.manifest.name
+        # labelled metric children, looked up once (labels() costs a lock and a dict lookup)
+        self._queue_time = metrics.QUEUE_TIME.labels(self._label)
+        self._compute_time = metrics.COMPUTE_TIME.labels(self._label)
+        self._batch_size = metrics.BATCH_SIZE.labels(self._label)
+        self._steps = metrics.STEPS.labels(self._label)
 
     @property
     def queued(self) -> int:
@@ -223,7 +228,7 @@ class BatchScheduler:
                 )
                 continue
             request.status = RequestStatus.RUNNING
-            metrics.QUEUE_TIME.labels(self._label).observe(now - request.enqueued_at)
+            self._queue_time.observe(now - request.enqueued_at)
             batch.append(request)
         return batch
 
@@ -264,9 +269,9 @@ class BatchScheduler:
             return
         elapsed = time.perf_counter() - started
         self._call_seconds = 0.8 * self._call_seconds + 0.2 * elapsed
-        metrics.COMPUTE_TIME.labels(self._label).observe(elapsed)
-        metrics.BATCH_SIZE.labels(self._label).observe(len(group))
-        metrics.STEPS.labels(self._label).inc(len(group) * group[0].steps)
+        self._compute_time.observe(elapsed)
+        self._batch_size.observe(len(group))
+        self._steps.inc(len(group) * group[0].steps)
         self._deliver(group, stateful, slots, states, outputs, new_states)
 
     @staticmethod
