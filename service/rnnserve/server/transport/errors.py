@@ -8,7 +8,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import suppress
+from contextlib import aclosing, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -180,9 +180,12 @@ def rpc_handler(method: Handler) -> Handler:
             tokens = _begin(context)
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
-                async for response in method(self, request, context):
-                    yield response
-            except asyncio.CancelledError:
+                # aclosing: if grpc closes this generator (client gone), the handler's own
+                # generator (and the engine's under it) is closed now, not at garbage collection.
+                async with aclosing(method(self, request, context)) as responses:
+                    async for response in responses:
+                        yield response
+            except (asyncio.CancelledError, GeneratorExit):
                 code = grpc.StatusCode.CANCELLED  # the client went away or the server stops
                 raise
             except Exception as err:

@@ -28,8 +28,9 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.StreamRequest], context: Any
     ) -> AsyncIterator[pb.StreamResponse]:
         conversation = StreamConversation(self._engine, context)
-        async for response in conversation.run(request_iterator):
-            yield response
+        async with aclosing(conversation.run(request_iterator)) as responses:
+            async for response in responses:
+                yield response
 
     @rpc_handler
     async def Generate(

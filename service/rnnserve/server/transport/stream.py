@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from rnnserve.server.engine import InferenceEngine
@@ -38,7 +38,7 @@ class StreamConversation:
 
     async def run(
         self, requests: AsyncIterator[pb.StreamRequest]
-    ) -> AsyncIterator[pb.StreamResponse]:
+    ) -> AsyncGenerator[pb.StreamResponse, None]:
         """Answer every request in order, exactly one response each."""
         async for request in requests:
             yield await self.answer(request)
