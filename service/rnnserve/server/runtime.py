@@ -14,14 +14,20 @@ FloatArray = npt.NDArray[np.float32]
 
 
 def session_options(intra_op_threads: int) -> ort.SessionOptions:
-    """The onnxruntime options every model runs with.
+    """The onnxruntime options every model runs with, chosen by measurement.
 
-    Chosen by measurement on a 2-core machine shared with the gRPC threads (see
-    tests/unit/server/README or the core report): one call per batch at a time, so sequential
-    execution and one inter-op thread; `intra_op_threads` from settings (1 by default: the
-    recurrent ops of small models do not split well over threads, and a second thread competes
-    with the event loop); spinning off, because a spinning pool burns a core between batches
-    while the event loop needs it to decode the next messages.
+    Measured on the 2-core dev machine (shared, so best of 7 runs), 2-layer H=256 LSTM, one token
+    per sequence, us per call (us per token):
+
+        threads=1 spin=off   b1 72    b16 303 (19)   b64 1142 (18)   b256 4725 (18)
+        threads=2 spin=off   b1 87    b16 331 (21)   b64 1160 (18)   b256 7809 (31)
+        threads=2 spin=on    b1 140   b16 704 (44)   b64 3924 (61)   b256 8565 (34)
+
+    A second intra-op thread buys nothing for these recurrent ops and loses at large batches
+    (it competes with the event loop for the second core); a spinning pool burns a core between
+    batches and is slower everywhere here. So: `intra_op_threads` from settings (default 1),
+    spinning off, one inter-op thread and sequential execution (the scheduler makes one call at a
+    time per model). Full graph optimisation is onnxruntime's default and kept.
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
