@@ -147,6 +147,21 @@ def render_markdown(data: dict[str, Any]) -> str:
                 f"{memory['state_bytes_per_session']:,}", str(memory["failures"]),
             ]],
         )  # fmt: skip
+    for entry in runs.values():
+        profile = entry.get("profile")
+        if not profile or not profile.get("samples"):
+            continue
+        lines += ["", f"### Where rnnserve's time goes: {entry['title']} (py-spy, 200 Hz)", ""]
+        shares = ", ".join(f"{name} {share:.0%}" for name, share in profile["threads"].items())
+        lines += [f"Samples by thread: {shares}. Shares below are of the {profile['main_thread']}"
+                  " (the event loop) samples; `Handle._run` self time is gRPC's own Cython code.",
+                  ""]  # fmt: skip
+        rows = []
+        for (frame, own), (frame_in, incl) in zip(
+            profile["self"][:12], profile["inclusive"][:12], strict=False
+        ):
+            rows.append([f"`{frame}`", f"{own:.0%}", f"`{frame_in}`", f"{incl:.0%}"])
+        lines += _table(["self (top)", "share", "inclusive (top)", "share"], rows)
     lines += [
         "",
         "![throughput](img/bench-throughput.png)",

@@ -22,6 +22,8 @@ from typing import Any
 from floors import measure_floors
 from memory import measure_memory
 from model import NAME, bench_repository
+from profiling import start_recording
+from profiling import summarise as summarise_profile
 from rnnserve.client.load import LoadConfig, LoadResult, run_load
 from rnnserve.client.load.plot import plot_result
 from scenarios import LONG, Scenario, scenarios
@@ -105,6 +107,7 @@ def run_scenarios(
     duration_s: float,
     repeats: int,
     plot_key: str | None,
+    profile_keys: tuple[str, ...] = (),
 ) -> dict[str, dict[str, Any]]:
     """Every scenario against every server it names, repetitions interleaved across servers."""
     results: dict[str, dict[str, Any]] = {}
@@ -140,7 +143,27 @@ def run_scenarios(
             "load": scenario.load,
             "servers": {name: _median(records) for name, records in runs.items()},
         }
+        if scenario.key in profile_keys and "rnnserve" in scenario.servers:
+            config = _config(scenario, servers["rnnserve"], None, **bounds)
+            results[scenario.key]["profile"] = _profile(servers["rnnserve"], config, duration_s)
     return results
+
+
+def _profile(server: ServerProcess, config: LoadConfig, duration_s: float) -> dict[str, Any] | None:
+    """One extra run (not in the medians) with py-spy sampling the server."""
+    raw = RESULTS / f"profile-{config.mode}-c{config.concurrency}.txt"
+    recorder = start_recording(server.pid, duration_s, raw)
+    if recorder is None:
+        _log("py-spy not installed: no profile (pip install py-spy)")
+        return None
+    time.sleep(0.3)  # let py-spy attach before the load starts
+    run_load(config)
+    _, errors = recorder.communicate(timeout=duration_s + 30)
+    if recorder.returncode != 0 or not raw.exists():
+        _log(f"py-spy failed: {errors.decode(errors='replace').strip()[-300:]}")
+        return None
+    _log(f"profile: {raw}")
+    return summarise_profile(raw)
 
 
 def evaluate_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -207,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--random-model", action="store_true", help="ignore the shipped model")
     parser.add_argument("--quick", action="store_true", help="1 repeat of 1.5 s, 20k sessions")
+    parser.add_argument("--no-profile", action="store_true", help="do not run py-spy")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = parser.parse_args(argv)
     if args.quick:
@@ -234,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             duration_s=args.duration,
             repeats=args.repeats,
             plot_key="stream-c64",
+            profile_keys=() if args.no_profile else ("stream-c1", "stream-c64"),
         )
         data["rss_after_scenarios_bytes"] = rnnserve.rss_bytes()
     finally:
