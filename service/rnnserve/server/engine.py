@@ -20,6 +20,7 @@ from rnnserve.server.errors import (
     ModelNotFound,
     ModelNotStreamable,
     NotALanguageModel,
+    SessionNotFound,
     ShuttingDown,
 )
 from rnnserve.server.generation import Sampler, StopMatcher, check_sampling
@@ -425,6 +426,7 @@ class InferenceEngine:
                 assert request.session_id is not None
                 session = self._sessions.acquire(request.session_id, identity)
                 served = self._served(session)
+            yielded = False
             try:
                 if not created:
                     _require_language_model(served.manifest)
@@ -432,10 +434,12 @@ class InferenceEngine:
                 tokens = self._sample(served, session, prompt, request, max_tokens)
                 async with contextlib.aclosing(tokens):
                     async for token in tokens:
+                        yielded = True
                         yield token
             finally:
                 self._sessions.release(session)
-                if created and request.close_session:
+                # A new session is closed when asked, or when the caller never learnt its id.
+                if created and (request.close_session or not yielded):
                     self._sessions.remove(session, "closed")
 
     def _prompt(self, served: ServedModel, prompt: InputData | None) -> ModelInput:
@@ -465,6 +469,8 @@ class InferenceEngine:
         for index in range(max_tokens):
             if self._stopping:
                 raise ShuttingDown("the server is shutting down; generation stopped")
+            if session.closed:  # closed by another call while generating
+                raise SessionNotFound(session.session_id, "closed")
             token = sampler.sample(logits)
             text = served.codec.vocabulary[token]
             raw = await self._run(served, session, np.array([token], dtype=np.int64), None)

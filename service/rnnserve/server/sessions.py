@@ -178,7 +178,8 @@ class SessionManager:
         if self._sessions.get(session.session_id) is session:
             self._remove(session, reason)
 
-    def _remove(self, session: Session, reason: str) -> None:
+    def _remove(self, session: Session, reason: str, counted_as: str | None = None) -> None:
+        """Drop a session; `reason` is what its owner is told, `counted_as` the metric label."""
         del self._sessions[session.session_id]
         session.closed = True
         if not session.busy:
@@ -190,7 +191,7 @@ class SessionManager:
         metrics.ACTIVE_SESSIONS.labels(session.model).dec()
         metrics.STATE_BYTES.labels(session.model).dec(store.slot_bytes)
         if reason != "closed":
-            metrics.EVICTIONS.labels(reason).inc()
+            metrics.EVICTIONS.labels(counted_as or reason).inc()
         log.info("session %s %s", session.session_id, reason)
 
     def reap(self, *, reason: str = "expired", limit: int | None = None) -> int:
@@ -202,9 +203,7 @@ class SessionManager:
             if session.busy:
                 continue
             # A reclaimed session was expired anyway; its owner is told "expired".
-            self._remove(session, "expired")
-            if reason != "expired":
-                metrics.EVICTIONS.labels(reason).inc()
+            self._remove(session, "expired", counted_as=reason)
             removed += 1
             if limit is not None and removed >= limit:
                 break

@@ -12,7 +12,7 @@ import pytest
 import tiny_models as tm
 from helpers_core import ME, Gate, feed
 from rnnserve.server.engine import InferenceEngine
-from rnnserve.server.errors import InvalidInput, NotALanguageModel, SessionBusy
+from rnnserve.server.errors import InvalidInput, NotALanguageModel, SessionBusy, SessionNotFound
 from rnnserve.server.generation import Sampler, StopMatcher
 from rnnserve.server.types import (
     FinishReason,
@@ -188,3 +188,14 @@ async def test_cancel_while_a_token_is_being_computed(engine: InferenceEngine) -
     await asyncio.sleep(0.02)
     view = await engine.get_session(received[0].session_id, ME)
     assert view.step_count == 3 + 3
+
+
+async def test_closing_the_session_ends_its_generation(engine: InferenceEngine) -> None:
+    session = (await engine.create_session(tm.RNN_LM, 0, ME)).session_id
+    stream = engine.generate(GenerationRequest(session_id=session, prompt="a", max_tokens=50), ME)
+    await anext(stream)
+    await engine.close_session(session, ME)
+    with pytest.raises(SessionNotFound) as caught:
+        await anext(stream)
+    assert caught.value.reason == "closed"
+    assert engine._models[tm.RNN_LM][1].store.used == 0  # the slot was freed when it ended
