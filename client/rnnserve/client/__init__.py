@@ -8,17 +8,22 @@ Synchronous use::
         with client.session("char-lstm") as s:
             out = s.feed("hello", output="top_k", top_k=3)   # StepOutput, numpy arrays
             print(out.labels, out.step_count)
-            for piece in s.generate(max_tokens=50, seed=1):  # continues from the state
+            for piece in s.generate(" then", max_tokens=50, seed=1):  # continues the state
                 print(piece, end="")
+            with s.open_stream() as stream:               # one call, request/reply feeding
+                out = stream.feed(out.labels[-1])
         for piece in client.generate("char-lstm", "Once ", max_tokens=50):
             print(piece, end="")
 
 ``AsyncClient`` has the same methods for asyncio. Every failed call raises a subclass of
-:class:`RnnServeError` named after its gRPC status code.
+:class:`RnnServeError` named after its gRPC status code (with ``code``, ``message``, ``field``);
+inside a stream a refused input raises the same exception and the stream carries on.
 """
 
 from rnnserve.client._aio import AsyncClient, AsyncGeneration, AsyncOutputStream, AsyncSession
+from rnnserve.client._aio_connection import AsyncSessionStream
 from rnnserve.client._client import CLIENT_ID_KEY, Client
+from rnnserve.client._connection import SessionStream
 from rnnserve.client._errors import (
     Aborted,
     AlreadyExists,
@@ -66,6 +71,7 @@ __all__ = [
     "AsyncGeneration",
     "AsyncOutputStream",
     "AsyncSession",
+    "AsyncSessionStream",
     "Cancelled",
     "Client",
     "DataLoss",
@@ -92,6 +98,7 @@ __all__ = [
     "RnnServeError",
     "Session",
     "SessionInfo",
+    "SessionStream",
     "StateInfo",
     "StepOutput",
     "Unauthenticated",

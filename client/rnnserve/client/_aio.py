@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from rnnserve.client._aio_connection import AsyncSessionStream
 from rnnserve.client._client import call_metadata
 from rnnserve.client._codec import (
     decode_model,
@@ -367,6 +368,20 @@ class AsyncSession:
             options,
             self._model.vocabulary,
             on_output=track,
+        )
+
+    def open_stream(self, *, timeout: float | None = None) -> AsyncSessionStream:
+        """One ``Stream`` call for request/reply feeding (see :meth:`Session.open_stream`);
+        use ``async with session.open_stream() as stream:`` (or ``await stream.open()``)."""
+
+        def track(step_count: int | None) -> None:
+            self._step_count = step_count
+
+        return AsyncSessionStream(
+            lambda: self._client._start_stream(timeout),
+            self.session_id,
+            self._model.vocabulary,
+            on_step_count=track,
         )
 
     def generate(

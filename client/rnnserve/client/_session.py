@@ -15,6 +15,7 @@ from rnnserve.client._codec import (
     generate_request,
     output_options,
 )
+from rnnserve.client._connection import SessionStream
 from rnnserve.client._errors import NotFound, RnnServeError
 from rnnserve.client._streams import Generation, OutputStream
 from rnnserve.client._types import (
@@ -166,6 +167,29 @@ class Session:
             options,
             self._model.vocabulary,
             on_output=track,
+        )
+
+    def open_stream(self, *, timeout: float | None = None) -> SessionStream:
+        """Open one ``Stream`` call for request/reply feeding: ``stream.feed(x)`` sends one
+        message and returns its outputs, at a lower cost per message than :meth:`feed`::
+
+            with session.open_stream() as stream:
+                out = stream.feed("a")
+                while out.labels[-1] != ".":
+                    out = stream.feed(out.labels[-1])
+
+        ``timeout`` bounds the whole call. Close it (or leave the ``with`` block) to end the
+        call; the session stays open.
+        """
+
+        def track(step_count: int | None) -> None:
+            self._step_count = step_count
+
+        return SessionStream(
+            self._client._start_stream(timeout),
+            self.session_id,
+            self._model.vocabulary,
+            on_step_count=track,
         )
 
     def generate(

@@ -217,3 +217,16 @@ def test_generation_without_a_prompt_continues_from_the_state(client: Client) ->
         session.feed(TEXT[:8])
         generation = session.generate(max_tokens=4, seed=1)
         assert len(generation.read()) >= 4 and session.step_count == 12
+
+
+def test_open_stream_greedy_loop_matches_greedy_generation(client: Client) -> None:
+    with client.session(LSTM_LM) as fed, fed.open_stream() as stream:
+        out = stream.feed(TEXT[:6])
+        tokens = [int(out.argmax[-1])]  # type: ignore[index]
+        for _ in range(4):
+            out = stream.feed([tokens[-1]])
+            tokens.append(int(out.argmax[-1]))  # type: ignore[index]
+        assert fed.step_count == 10
+    with client.session(LSTM_LM) as generated:
+        generation = generated.generate(TEXT[:6], max_tokens=5, temperature=0)
+        assert generation.read() and generation.token_ids == tokens

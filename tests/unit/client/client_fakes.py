@@ -393,6 +393,11 @@ class FakeService(rnnserve_pb2_grpc.InferenceServiceServicer):
                 elif request.HasField("step"):
                     result = self._step(session_id, request.step, request.output, "step.")
                     yield pb.StreamResponse(request_id=request.request_id, result=result)
+                elif request.control == pb.CONTROL_ACTION_RESET:
+                    self.state.sessions[session_id] = 0
+                    yield pb.StreamResponse(
+                        request_id=request.request_id, session=self._info(session_id)
+                    )
                 elif request.control == pb.CONTROL_ACTION_SNAPSHOT:
                     yield pb.StreamResponse(request_id=request.request_id, snapshot=b"snap:0")
             except FakeError as error:

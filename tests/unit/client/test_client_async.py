@@ -119,3 +119,16 @@ async def test_stream_deadline_while_waiting_for_input(client: AsyncClient) -> N
         with pytest.raises(DeadlineExceeded):
             await stream.__anext__()
         stream.cancel()
+
+
+async def test_open_stream_feeds_one_message_at_a_time(client: AsyncClient) -> None:
+    async with client.session(MODEL) as session:
+        async with session.open_stream() as stream:
+            assert (await stream.feed("ab")).step_count == 2
+            with pytest.raises(InvalidArgument):
+                await stream.feed([77])
+            out = await stream.feed([3])
+            np.testing.assert_array_equal(out.tensor, expected_logits([3], 2))
+            assert session.step_count == 3
+            assert (await stream.reset()).step_count == 0
+        assert (await session.feed([0])).step_count == 1

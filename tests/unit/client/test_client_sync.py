@@ -295,3 +295,24 @@ def test_stream_deadline_while_waiting_for_input_raises_instead_of_hanging(
             next(stream)
         assert time.monotonic() - started < 0.9
         assert session.step_count is None
+
+
+def test_open_stream_feeds_one_message_at_a_time(client: Client, fake_server: FakeServer) -> None:
+    with client.session(MODEL) as session:
+        with session.open_stream() as stream:
+            assert stream.session.session_id == session.session_id
+            out = stream.feed("a")
+            # Each reply can decide the next input: follow the argmax three times.
+            for _ in range(3):
+                out = stream.feed(list(out.argmax))  # type: ignore[arg-type]
+            assert out.step_count == 4 and session.step_count == 4
+            with pytest.raises(InvalidArgument) as caught:
+                stream.feed([42])
+            assert caught.value.field == "step.tokens.ids[0]"
+            np.testing.assert_array_equal(stream.feed([0]).tensor, expected_logits([0], 4))
+            assert stream.snapshot() == b"snap:0"
+            assert stream.reset().step_count == 0 and session.step_count == 0
+        assert fake_server.state.calls.count("Stream") == 1
+        assert session.session_id not in fake_server.state.closed  # the session outlives it
+        with pytest.raises(RnnServeError):
+            stream.feed([0])

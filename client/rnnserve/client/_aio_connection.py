@@ -1,0 +1,121 @@
+"""The asyncio SessionStream: request/reply feeding over one long-lived Stream call."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+from rnnserve.client._codec import (
+    decode_result,
+    decode_session,
+    encode_input,
+    encode_options,
+    output_options,
+)
+from rnnserve.client._errors import RnnServeError, convert_rpc_error, from_stream_error
+from rnnserve.client._types import InputLike, OutputFormat, OutputSteps, SessionInfo, StepOutput
+from rnnserve.client._vocabulary import Vocabulary
+from rnnserve.v1 import rnnserve_pb2 as pb
+
+
+class AsyncSessionStream:
+    """The asyncio :class:`~rnnserve.client.SessionStream`: ``await stream.feed(x)`` sends one
+    message over the open call and returns its outputs. Get one with
+    ``async with session.open_stream() as stream:``."""
+
+    def __init__(
+        self,
+        start: Callable[[], Any],
+        session_id: str,
+        vocabulary: Vocabulary | None,
+        on_step_count: Callable[[int | None], None] = lambda _: None,
+    ) -> None:
+        self._start = start
+        self._session_id = session_id
+        self._vocabulary = vocabulary
+        self._on_step_count = on_step_count
+        self._call: Any = None
+        self._counter = 0
+        self._closed = False
+        self.session: SessionInfo | None = None
+        """The session as the server last described it (on open and reset)."""
+
+    async def open(self) -> AsyncSessionStream:
+        """Start the call and bind it to the session (``async with`` does this)."""
+        self._call = self._start()
+        try:
+            response = await self._exchange(
+                pb.StreamRequest(open=pb.OpenSession(session_id=self._session_id))
+            )
+        except RnnServeError:
+            self._closed = True
+            self._call.cancel()
+            raise
+        self.session = decode_session(response.session)
+        return self
+
+    async def _exchange(self, request: pb.StreamRequest) -> pb.StreamResponse:
+        if self._closed or self._call is None:
+            raise RnnServeError("the stream is not open", code=grpc.StatusCode.CANCELLED)
+        self._counter += 1
+        request.request_id = str(self._counter)
+        try:
+            await self._call.write(request)
+            response = await self._call.read()
+        except grpc.RpcError as error:
+            self._closed = True
+            self._on_step_count(None)  # a step may or may not have run
+            raise convert_rpc_error(error) from None
+        if response is grpc.aio.EOF:
+            self._closed = True
+            raise RnnServeError("the server ended the stream", code=grpc.StatusCode.UNAVAILABLE)
+        if response.HasField("error"):
+            raise from_stream_error(response.error)
+        return response  # type: ignore[no-any-return]
+
+    async def feed(
+        self,
+        data: InputLike,
+        *,
+        output: OutputFormat | str = OutputFormat.RAW,
+        steps: OutputSteps | str = OutputSteps.ALL,
+        top_k: int = 5,
+    ) -> StepOutput:
+        """Send one message of input and return its outputs."""
+        options = encode_options(output_options(output, steps, top_k))
+        step = encode_input(data, self._vocabulary)
+        response = await self._exchange(pb.StreamRequest(step=step, output=options))
+        result = decode_result(response.result)
+        self._on_step_count(result.step_count)
+        return result
+
+    async def reset(self) -> SessionInfo:
+        """Set the session's state back to the model's initial state."""
+        response = await self._exchange(pb.StreamRequest(control=pb.CONTROL_ACTION_RESET))
+        self.session = decode_session(response.session)
+        self._on_step_count(self.session.step_count)
+        return self.session
+
+    async def snapshot(self) -> bytes:
+        """Export the session's state as snapshot bytes."""
+        response = await self._exchange(pb.StreamRequest(control=pb.CONTROL_ACTION_SNAPSHOT))
+        return bytes(response.snapshot)
+
+    async def close(self) -> None:
+        """End the call with a clean half-close (the session stays open on the server)."""
+        if self._closed or self._call is None:
+            return
+        self._closed = True
+        with contextlib.suppress(grpc.RpcError):
+            await self._call.done_writing()
+            while await self._call.read() is not grpc.aio.EOF:
+                pass
+
+    async def __aenter__(self) -> AsyncSessionStream:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,140 @@
+"""Request/reply feeding over one long-lived Stream call (cheaper per message than unary Step)."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from rnnserve.client._codec import (
+    decode_result,
+    decode_session,
+    encode_input,
+    encode_options,
+    output_options,
+)
+from rnnserve.client._errors import RnnServeError, convert_rpc_error, from_stream_error
+from rnnserve.client._types import (
+    InputLike,
+    OutputFormat,
+    OutputSteps,
+    SessionInfo,
+    StepOutput,
+)
+from rnnserve.client._vocabulary import Vocabulary
+from rnnserve.v1 import rnnserve_pb2 as pb
+
+_CLOSE = None  # put on the request queue to half-close the call
+
+
+class SessionStream:
+    """A session's open ``Stream`` call used one message at a time: :meth:`feed` sends an input
+    and waits for its reply, so each output can decide the next input.
+
+    Get one from :meth:`Session.open_stream` and use it as a context manager. Refused inputs
+    raise their :class:`RnnServeError` and the stream carries on; the session outlives the
+    stream. The deadline given when opening bounds the whole call. Not thread-safe.
+    """
+
+    def __init__(
+        self,
+        start: Callable[[Iterator[pb.StreamRequest]], Any],
+        session_id: str,
+        vocabulary: Vocabulary | None,
+        on_step_count: Callable[[int | None], None] = lambda _: None,
+    ) -> None:
+        self._vocabulary = vocabulary
+        self._on_step_count = on_step_count
+        self._requests: queue.Queue[pb.StreamRequest | None] = queue.Queue()
+        self._counter = 0
+        self._closed = False
+        self._call: Any = start(self._request_iterator())
+        open_request = pb.StreamRequest(open=pb.OpenSession(session_id=session_id))
+        try:
+            response = self._exchange(open_request)
+        except RnnServeError:
+            self._finish()
+            self._call.cancel()
+            raise
+        self.session: SessionInfo = decode_session(response.session)
+        """The session as the server last described it (on open and reset)."""
+
+    def _request_iterator(self) -> Iterator[pb.StreamRequest]:
+        while (request := self._requests.get()) is not _CLOSE:
+            yield request
+
+    def _exchange(self, request: pb.StreamRequest) -> pb.StreamResponse:
+        if self._closed:
+            raise RnnServeError("the stream is closed", code=grpc.StatusCode.CANCELLED)
+        self._counter += 1
+        request.request_id = str(self._counter)
+        self._requests.put(request)
+        try:
+            response: pb.StreamResponse = next(self._call)
+        except StopIteration:
+            self._finish()
+            raise RnnServeError(
+                "the server ended the stream", code=grpc.StatusCode.UNAVAILABLE
+            ) from None
+        except grpc.RpcError as error:
+            self._finish()
+            self._on_step_count(None)  # a step may or may not have run
+            raise convert_rpc_error(error) from None
+        if response.HasField("error"):
+            raise from_stream_error(response.error)
+        return response
+
+    def feed(
+        self,
+        data: InputLike,
+        *,
+        output: OutputFormat | str = OutputFormat.RAW,
+        steps: OutputSteps | str = OutputSteps.ALL,
+        top_k: int = 5,
+    ) -> StepOutput:
+        """Send one message of input and return its outputs (see :meth:`Session.feed`)."""
+        options = encode_options(output_options(output, steps, top_k))
+        step = encode_input(data, self._vocabulary)
+        response = self._exchange(pb.StreamRequest(step=step, output=options))
+        result = decode_result(response.result)
+        self._on_step_count(result.step_count)
+        return result
+
+    def reset(self) -> SessionInfo:
+        """Set the session's state back to the model's initial state."""
+        response = self._exchange(pb.StreamRequest(control=pb.CONTROL_ACTION_RESET))
+        self.session = decode_session(response.session)
+        self._on_step_count(self.session.step_count)
+        return self.session
+
+    def snapshot(self) -> bytes:
+        """Export the session's state as snapshot bytes."""
+        return bytes(self._exchange(pb.StreamRequest(control=pb.CONTROL_ACTION_SNAPSHOT)).snapshot)
+
+    def _finish(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._requests.put(_CLOSE)
+
+    def close(self) -> None:
+        """End the call (the session stays open on the server)."""
+        if self._closed:
+            return
+        self._finish()
+        # Drain the end of the call so the server sees a clean half-close, not a cancellation.
+        try:
+            for _ in self._call:
+                pass
+        except grpc.RpcError:
+            pass
+
+    def __enter__(self) -> SessionStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self._requests.put(_CLOSE)
