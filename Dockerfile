@@ -4,6 +4,16 @@
 # syntax only (no BuildKit features), so any engine builds it.
 ARG BASE_IMAGE=python:3.11-slim
 
+# ---- requirements stage: rnnserve[server]'s requirements, read from pyproject.toml -----------
+# A stage of its own so that the dependency layer below is keyed on the requirements alone:
+# edits elsewhere in pyproject.toml (dev tools, lint settings) keep it cached.
+FROM ${BASE_IMAGE} AS requirements
+COPY pyproject.toml scripts/container/image_requirements.py /tmp/
+RUN python3 /tmp/image_requirements.py --pyproject /tmp/pyproject.toml server \
+      >/tmp/requirements.txt \
+ && python3 /tmp/image_requirements.py --pyproject /tmp/pyproject.toml --build-system \
+      >/tmp/build-requirements.txt
+
 # ---- build stage: the wheel, and a venv holding exactly rnnserve[server] ----------------------
 FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -11,26 +21,24 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-# pip lives in a tool venv of its own and installs into the runtime venv with --python,
-# so the image ships no pip.
+# pip (with the wheel's build backend) lives in a tool venv of its own and installs into the
+# runtime venv with --python, so the image ships no pip.
+COPY --from=requirements /tmp/requirements.txt /tmp/build-requirements.txt /tmp/
 RUN python3 -m venv /opt/pip-tool \
- && python3 -m venv --without-pip /opt/rnnserve
-
-# Dependencies first, keyed on pyproject.toml alone: a source change reuses this layer.
-COPY pyproject.toml ./
-COPY scripts/container/image_requirements.py /tmp/image_requirements.py
-RUN python3 /tmp/image_requirements.py server >/tmp/requirements.txt \
+ && /opt/pip-tool/bin/pip install --no-cache-dir -r /tmp/build-requirements.txt \
+ && python3 -m venv --without-pip /opt/rnnserve \
  && /opt/pip-tool/bin/pip --python /opt/rnnserve/bin/python install --no-cache-dir \
       -r /tmp/requirements.txt
 
 # The project itself, installed under a staging root so the runtime stage copies it as one
 # small layer on top of the (cached) dependency layer.
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY protos/rnnserve protos/rnnserve
 COPY service/rnnserve service/rnnserve
 COPY client/rnnserve client/rnnserve
 COPY models/rnnserve models/rnnserve
-RUN /opt/pip-tool/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels . \
+RUN /opt/pip-tool/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation \
+      --wheel-dir /tmp/wheels . \
  && /opt/pip-tool/bin/pip --python /opt/rnnserve/bin/python install --no-cache-dir --no-deps \
       --root /tmp/app /tmp/wheels/rnnserve-*.whl
 

@@ -38,13 +38,26 @@ def requirements(pyproject: Path, extras: list[str]) -> list[str]:
     return result
 
 
+def build_requirements(pyproject: Path) -> list[str]:
+    """What building the wheel needs ([build-system] requires)."""
+    build_system = tomllib.loads(pyproject.read_text(encoding="utf-8"))["build-system"]
+    return list(build_system["requires"])
+
+
 def main() -> None:
-    """CLI: image_requirements.py [--pyproject PATH] EXTRA..."""
+    """CLI: image_requirements.py [--pyproject PATH] (--build-system | EXTRA...)"""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pyproject", type=Path, default=Path("pyproject.toml"))
+    parser.add_argument(
+        "--build-system", action="store_true", help="print the wheel's build requirements instead"
+    )
     parser.add_argument("extras", nargs="*")
     args = parser.parse_args()
-    sys.stdout.write("".join(f"{line}\n" for line in requirements(args.pyproject, args.extras)))
+    if args.build_system:
+        lines = build_requirements(args.pyproject)
+    else:
+        lines = requirements(args.pyproject, args.extras)
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
 
 
 if __name__ == "__main__":
