@@ -124,6 +124,10 @@ compose --profile loadtest config --quiet
 
 step "engine"
 ctr_start_engine
+# Leftovers of a run that was killed outright (its data root is reused): start clean.
+docker rm -f -v "$CONTAINER" >/dev/null 2>&1 || true
+docker volume rm -f "$CONTAINER-snapshots" >/dev/null 2>&1 || true
+compose --profile loadtest down -v --remove-orphans >/dev/null 2>&1 || true
 
 step "stand-in base image"
 ctr_ensure_stand_in_base
@@ -152,8 +156,6 @@ print("runtime ok: onnxruntime", onnxruntime.__version__)
 [ $BUILD_ONLY -eq 1 ] && exit 0
 
 step "run + healthy"
-docker rm -f -v "$CONTAINER" >/dev/null 2>&1 || true
-docker volume rm -f "$CONTAINER-snapshots" >/dev/null 2>&1 || true
 docker run -d --name "$CONTAINER" \
   -p 127.0.0.1::50051 -p 127.0.0.1::9090 \
   -v "$CONTAINER-snapshots:/var/lib/rnnserve/snapshots" "${MODELS_MOUNT[@]}" \
