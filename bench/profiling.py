@@ -28,7 +28,8 @@ def start_recording(pid: int, seconds: float, out: Path) -> subprocess.Popen[byt
 
 # Frames every sample passes through (interpreter start, event loop, thread start-up).
 _PLUMBING = ("<module>", "main (", "run (", "Runner.", "BaseEventLoop.run", "Thread.", "_bootstrap",
-             "_command_serve")  # fmt: skip
+             "_command_serve", "_run_module_as_main", "_run_code",
+             "BaseEventLoop._run_once")  # fmt: skip
 
 
 def _short(frame: str) -> str:

@@ -99,6 +99,24 @@ def _median(records: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def _groups(chosen: list[Scenario]) -> list[list[Scenario]]:
+    """Consecutive scenarios sharing a `group` run together, their repetitions interleaved."""
+    groups: list[list[Scenario]] = []
+    for scenario in chosen:
+        if groups and scenario.group is not None and groups[-1][0].group == scenario.group:
+            groups[-1].append(scenario)
+        else:
+            groups.append([scenario])
+    return groups
+
+
+def _bounds(scenario: Scenario, duration_s: float) -> dict[str, Any]:
+    if not scenario.timed:
+        return {}
+    concurrency = scenario.load.get("concurrency", 1)
+    return {"duration_s": duration_s, "steps": LONG, "sessions": concurrency}
+
+
 def run_scenarios(
     chosen: list[Scenario],
     servers: dict[str, ServerProcess],
@@ -109,26 +127,30 @@ def run_scenarios(
     plot_key: str | None,
     profile_keys: tuple[str, ...] = (),
 ) -> dict[str, dict[str, Any]]:
-    """Every scenario against every server it names, repetitions interleaved across servers."""
+    """Every scenario against every server it names.
+
+    Repetitions are interleaved across servers (echo, rnnserve, echo, ...) and across the
+    scenarios of a group (step 10, 1,000, 10,000, step 10, ...), so slow drifts in machine load
+    hit every column alike.
+    """
     results: dict[str, dict[str, Any]] = {}
-    for scenario in chosen:
-        bounds: dict[str, Any] = {}
-        if scenario.timed:
-            concurrency = scenario.load.get("concurrency", 1)
-            bounds = {"duration_s": duration_s, "steps": LONG, "sessions": concurrency}
-        for name in scenario.servers:  # warm-up: connections, code paths, allocator
+    for group in _groups(chosen):
+        pairs = [(scenario, name) for scenario in group for name in scenario.servers]
+        for scenario, name in pairs:  # warm-up: connections, code paths, allocator
+            bounds = _bounds(scenario, duration_s)
             warm = dict(bounds, duration_s=min(duration_s, 0.5)) if scenario.timed else {}
             run_load(_config(scenario, servers[name], None, **warm))
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in scenario.servers}
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {(s.key, n): [] for s, n in pairs}
         for repeat in range(repeats):
-            for name in scenario.servers:
+            for scenario, name in pairs:
                 server = servers[name]
                 url = metrics if name == "rnnserve" else None
+                bounds = _bounds(scenario, duration_s)
                 config = _config(scenario, server, url, seed=repeat, **bounds)
                 cpu = server.cpu_seconds()
                 result = run_load(config)
                 record = _record(result, server.cpu_seconds() - cpu)
-                runs[name].append(record)
+                runs[(scenario.key, name)].append(record)
                 _log(
                     f"{scenario.key:<14} {name:<8} #{repeat + 1}: {record['steps_per_s']:>9,.0f}"
                     f" steps/s  p50 {record['p50_s'] * 1e3:7.3f} ms  p99"
@@ -138,14 +160,17 @@ def run_scenarios(
                 if scenario.key == plot_key and name == "rnnserve" and repeat == 0:
                     IMAGES.mkdir(parents=True, exist_ok=True)
                     plot_result(result, IMAGES / f"load-{scenario.key}.png")
-        results[scenario.key] = {
-            "title": scenario.title,
-            "load": scenario.load,
-            "servers": {name: _median(records) for name, records in runs.items()},
-        }
-        if scenario.key in profile_keys and "rnnserve" in scenario.servers:
-            config = _config(scenario, servers["rnnserve"], None, **bounds)
-            results[scenario.key]["profile"] = _profile(servers["rnnserve"], config, duration_s)
+        for scenario in group:
+            results[scenario.key] = {
+                "title": scenario.title,
+                "load": scenario.load,
+                "servers": {n: _median(runs[(scenario.key, n)]) for n in scenario.servers},
+            }
+            if scenario.key in profile_keys and "rnnserve" in scenario.servers:
+                config = _config(
+                    scenario, servers["rnnserve"], None, **_bounds(scenario, duration_s)
+                )
+                results[scenario.key]["profile"] = _profile(servers["rnnserve"], config, duration_s)
     return results
 
 

@@ -18,6 +18,8 @@ class Scenario:
     load: dict[str, Any] = field(default_factory=dict)
     timed: bool = True
     """True: bounded by the run duration; False: bounded by `load`'s own counts."""
+    group: str | None = None
+    """Scenarios of one group run their repetitions interleaved (compared with each other)."""
 
 
 def scenarios(positions: tuple[int, ...]) -> list[Scenario]:
@@ -45,31 +47,35 @@ def scenarios(positions: tuple[int, ...]) -> list[Scenario]:
         for c in (1, 16)
     ]
     # Per-token cost by position: a few hundred timed messages right after the start position.
-    for position in positions:
-        items.append(
-            Scenario(
-                f"position-{position}",
-                f"Stream, 1 concurrent, at step {position:,}",
-                ("rnnserve",),
-                {"mode": "stream", "concurrency": 1, "start_position": position, "steps": 200},
-                timed=False,
-            )
+    items += [
+        Scenario(
+            f"position-{position}",
+            f"Stream, 1 concurrent, at step {position:,}",
+            ("rnnserve",),
+            {"mode": "stream", "concurrency": 1, "start_position": position, "steps": 200},
+            timed=False,
+            group="position",
         )
-        # The naive baseline re-sends the whole prefix: few messages suffice at long prefixes.
-        messages = 200 if position <= 100 else 50 if position <= 1000 else 8
-        items.append(
-            Scenario(
-                f"predict-{position}",
-                f"naive stateless Predict, prefix {position:,}",
-                ("rnnserve",),
-                {
-                    "mode": "predict",
-                    "concurrency": 1,
-                    "start_position": position,
-                    "steps": messages,
-                    "timeout_s": 120.0,
-                },
-                timed=False,
-            )
+        for position in positions
+    ]
+    # The naive baseline re-sends the whole prefix: each session sends one message of exactly
+    # position + 1 tokens (so every sample is at that position); fewer at long prefixes.
+    items += [
+        Scenario(
+            f"predict-{position}",
+            f"naive stateless Predict, prefix {position:,}",
+            ("rnnserve",),
+            {
+                "mode": "predict",
+                "concurrency": 1,
+                "start_position": position,
+                "steps": 1,
+                "sessions": 100 if position <= 100 else 30 if position <= 1000 else 6,
+                "timeout_s": 120.0,
+            },
+            timed=False,
+            group="predict",
         )
+        for position in positions
+    ]
     return items
