@@ -37,6 +37,11 @@ async def test_closed_loop_sends_sessions_times_steps(echo_target: str, mode: st
     assert result.model.described and result.model.vocab_size == 100
 
 
+async def test_sessions_spread_over_several_connections(echo_target: str) -> None:
+    config = LoadConfig(target=echo_target, concurrency=6, steps=4, connections=3)
+    assert (await run_load_async(config)).summary.codes == {"OK": 24}
+
+
 async def test_chunked_messages_count_every_step(echo_target: str) -> None:
     config = LoadConfig(target=echo_target, concurrency=2, steps=5, steps_per_message=64)
     summary = (await run_load_async(config)).summary

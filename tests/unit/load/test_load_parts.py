@@ -40,11 +40,17 @@ def test_max_messages_caps_the_message_budget() -> None:
         ("duration_s", 0.0),
         ("mode", "bogus"),
         ("target", "localhost"),
+        ("connections", 0),
     ],
 )
 def test_invalid_configs_are_refused(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field.split("_s")[0]):
         LoadConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_generate_cannot_be_paced_by_the_client() -> None:
+    with pytest.raises(ConfigError, match="rate"):
+        LoadConfig(mode="generate", rate=100.0)
 
 
 def test_bounds_hand_out_exactly_the_budget() -> None:

@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--output-format", choices=("raw", "probabilities", "top_k", "none"), default="raw")
     add("--output-steps", choices=("all", "last"), default="all")
+    add(
+        "--connections",
+        type=int,
+        default=1,
+        help="gRPC connections the sessions are spread over (default 1)",
+    )
     add("--timeout", type=float, default=30.0, help="deadline per call in seconds (default 30)")
     add("--identity", default="rnnserve-load", help="x-client-id metadata (default rnnserve-load)")
     add(
@@ -115,6 +121,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         start_position=args.start_position,
         output_format=args.output_format,
         output_steps=args.output_steps,
+        connections=args.connections,
         timeout_s=args.timeout,
         identity=args.identity,
         metrics_url=args.metrics_url,

@@ -54,6 +54,8 @@ class LoadConfig:
     For `predict`, the prefix length of the first timed message."""
     output_format: OutputFormatName = "raw"
     output_steps: OutputStepsName = "all"
+    connections: int = 1
+    """gRPC channels (HTTP/2 connections) the sessions are spread over, round-robin."""
     timeout_s: float = 30.0
     """Deadline of each call."""
     identity: str = "rnnserve-load"
@@ -90,6 +92,10 @@ class LoadConfig:
             raise ConfigError(f"max_messages: must be >= 1, got {self.max_messages}")
         if self.rate is not None and self.rate <= 0:
             raise ConfigError(f"rate: must be > 0 messages/s, got {self.rate}")
+        if self.rate is not None and self.mode == "generate":
+            raise ConfigError("rate: generate is paced by the server; use the closed loop")
+        if self.connections < 1:
+            raise ConfigError(f"connections: must be >= 1, got {self.connections}")
         if self.warmup_messages < 0 or self.start_position < 0:
             raise ConfigError("warmup_messages and start_position must be >= 0")
         if self.timeout_s <= 0:

@@ -63,9 +63,14 @@ class LoadResult:
 
 async def run_load_async(config: LoadConfig) -> LoadResult:
     """Run the load described by `config` against its target and return what it measured."""
-    async with grpc.aio.insecure_channel(config.target, options=_CHANNEL_OPTIONS) as channel:
-        stub = pb_grpc.InferenceServiceStub(channel)
-        shape = await describe_model(stub, config)
+    # A local subchannel pool per channel: otherwise channels to one target share a connection.
+    options = [*_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    channels = [
+        grpc.aio.insecure_channel(config.target, options=options) for _ in range(config.connections)
+    ]
+    try:
+        stubs = [pb_grpc.InferenceServiceStub(channel) for channel in channels]
+        shape = await describe_model(stubs[0], config)
         inputs = InputFactory(shape, config.seed)
         max_chunk = max(1, shape.max_steps_per_message)
         if config.warmup_messages > 0:
@@ -77,14 +82,17 @@ async def run_load_async(config: LoadConfig) -> LoadResult:
                 rate=None,
                 start_position=min(config.start_position, max_chunk),
             )
-            await _phase(stub, warmup, inputs, Recorder(), max_chunk, progress=False)
+            await _phase(stubs, warmup, inputs, Recorder(), max_chunk, progress=False)
         before = await _scrape(config.metrics_url)
         started_at = datetime.now(UTC).isoformat(timespec="seconds")
         recorder = Recorder()
         cpu = time.process_time()
-        elapsed = await _phase(stub, config, inputs, recorder, max_chunk, progress=config.progress)
+        elapsed = await _phase(stubs, config, inputs, recorder, max_chunk, progress=config.progress)
         client_cpu = time.process_time() - cpu
         after = await _scrape(config.metrics_url)
+    finally:
+        for channel in channels:
+            await channel.close()
     split = None
     if before is not None and after is not None:
         split = prom.server_split(before, after, config.model, _METHODS[config.mode])
@@ -114,7 +122,7 @@ async def _scrape(url: str | None) -> prom.Samples | None:
 
 
 async def _phase(
-    stub: pb_grpc.InferenceServiceStub,
+    stubs: list[pb_grpc.InferenceServiceStub],
     config: LoadConfig,
     inputs: InputFactory,
     recorder: Recorder,
@@ -134,6 +142,7 @@ async def _phase(
     async def worker(index: int) -> None:
         offset = index / config.rate if config.rate else 0.0
         pacer = Pacer(interval, offset, start)
+        stub = stubs[index % len(stubs)]
         while bounds.take_session():
             await driver.run_session(stub, pacer)
 
