@@ -34,11 +34,15 @@ class StepRequest:
     __slots__ = (
         "batch_index",
         "batch_states",
+        "before",
+        "carry",
         "committed",
         "deadline",
         "enqueued_at",
         "future",
         "inputs",
+        "offset",
+        "pieces",
         "slot",
         "status",
         "steps",
@@ -59,10 +63,17 @@ class StepRequest:
         self.enqueued_at = time.monotonic()
         self.status = RequestStatus.QUEUED
         self.committed = False
-        # The batch's input states and this request's index in it: the state before the step,
-        # kept so a step whose task is cancelled after its commit can be rolled back.
+        # A long message runs in segments: steps done so far, the state carried between its
+        # segments (private until the last one commits), and the outputs of done segments.
+        self.offset = 0
+        self.carry: list[FloatArray] | None = None
+        self.pieces: list[list[FloatArray]] = []
+        # The state before the message, kept so that a step whose task is cancelled after its
+        # commit can be rolled back: the batch's input states and this request's index in them
+        # (one segment), or a copy taken at the first of several segments.
         self.batch_states: list[FloatArray] | None = None
         self.batch_index = 0
+        self.before: list[FloatArray] | None = None
 
 
 RunResult = tuple[list[FloatArray], list[FloatArray]]
@@ -141,15 +152,20 @@ class BatchScheduler:
     groups them by their number of steps, and runs each group as one [batch, steps] call in a
     worker thread; requests that arrive meanwhile form the next batch, so an idle server adds no
     waiting time and a busy one batches as much as it can. A message of many steps (a chunk, a
-    prompt) runs as one call over all its steps, batched with the other messages of the same
+    prompt) runs as one call over its steps, batched with the other messages of the same
     length; so a chunk never costs one call per step, and sessions stepping one token at a time
     keep batching together. (Padding to a common length is not possible without masking inside
-    the graph: the state after padded steps would be wrong.)
+    the graph: the state after padded steps would be wrong.) A message longer than
+    `max_steps_per_call` runs in segments of that many steps, going back to the queue between
+    them, so a long prompt cannot stall every other session of the model for its whole length.
 
-    States are gathered from the StateStore just before the call and scattered back when it
-    returns, on the event loop thread, only for requests whose future is still wanted; a request
-    whose task is cancelled after that commit is rolled back by `abandon`.
+    States are gathered from the StateStore just before the call and scattered back when a
+    message's last segment returns, on the event loop thread, only for requests whose future is
+    still wanted; a request whose task is cancelled after that commit is rolled back by
+    `abandon`.
     """
+
+    max_steps_per_call = 256
 
     def __init__(
         self, model: OnnxModel, store: StateStore, *, max_batch_size: int, max_queue: int
@@ -226,13 +242,17 @@ class BatchScheduler:
         if not request.future.done():
             request.future.cancel()  # delivery skips the commit of a cancelled future
             return
-        if request.committed and request.slot is not None and request.batch_states is not None:
+        if not request.committed or request.slot is None:
+            return
+        before = request.before
+        if before is None and request.batch_states is not None:
             before = [
                 np.take(state, request.batch_index, axis=spec.batch_axis)
                 for spec, state in zip(self.store.specs, request.batch_states, strict=True)
             ]
+        if before is not None:
             self.store.write(request.slot, before)
-            request.committed = False
+        request.committed = False
 
     async def drain(self) -> None:
         """Wait until nothing is queued or running."""
@@ -267,7 +287,7 @@ class BatchScheduler:
             batch = self._take_batch()
             groups: dict[int, list[StepRequest]] = {}
             for request in batch:
-                groups.setdefault(request.steps, []).append(request)
+                groups.setdefault(self._segment(request), []).append(request)
             self._running = True
             try:
                 for group in groups.values():
@@ -303,45 +323,58 @@ class BatchScheduler:
             batch.append(request)
         return batch
 
+    def _segment(self, request: StepRequest) -> int:
+        """Steps the request's next call covers."""
+        return min(request.steps - request.offset, self.max_steps_per_call)
+
     async def _run_group(self, group: list[StepRequest]) -> None:
-        """One onnxruntime call for requests with the same number of steps."""
-        # Sessions first, then stateless sequences: their states are gathered / initial.
-        group.sort(key=lambda r: r.slot is None)
-        stateful = [r for r in group if r.slot is not None]
-        slots = np.fromiter((r.slot for r in stateful), dtype=np.intp, count=len(stateful))
-        stateless = len(group) - len(stateful)
-        if stateful and stateless:
-            states = [
-                np.concatenate([a, b], axis=spec.batch_axis)
-                for spec, a, b in zip(
-                    self.store.specs,
-                    self.store.gather(slots),
-                    self.store.initial_batch(stateless),
-                    strict=True,
-                )
-            ]
-        elif stateful:
-            states = self.store.gather(slots)
+        """One onnxruntime call for requests whose next segment has the same number of steps."""
+        steps = self._segment(group[0])
+        specs = self.store.specs
+        # Fresh sessions (gathered from the store), then continuing long messages (their carried
+        # state), then fresh stateless sequences (initial state).
+        fresh = [r for r in group if r.carry is None and r.slot is not None]
+        carried = [r for r in group if r.carry is not None]
+        stateless = [r for r in group if r.carry is None and r.slot is None]
+        order = fresh + carried + stateless
+        parts: list[list[FloatArray]] = []
+        if fresh:
+            slots = np.fromiter((r.slot for r in fresh), dtype=np.intp, count=len(fresh))
+            parts.append(self.store.gather(slots))
+        if carried:
+            parts.append(
+                [
+                    np.concatenate([r.carry[j] for r in carried if r.carry], axis=spec.batch_axis)
+                    for j, spec in enumerate(specs)
+                ]
+            )
+        if stateless:
+            parts.append(self.store.initial_batch(len(stateless)))
+        if len(parts) == 1:
+            states = parts[0]
         else:
-            states = self.store.initial_batch(stateless)
-        inputs = np.stack([r.inputs for r in group])
+            states = [
+                np.concatenate([part[j] for part in parts], axis=spec.batch_axis)
+                for j, spec in enumerate(specs)
+            ]
+        inputs = np.stack([r.inputs[r.offset : r.offset + steps] for r in order])
         assert self._worker is not None
         started = time.perf_counter()
         try:
             outputs, new_states = await self._worker.call(self.model.run, inputs, states)
         except asyncio.CancelledError:  # stop() during a call: nobody is left to deliver to
-            self._fail(group, ShuttingDown("the server is shutting down"))
+            self._fail(order, ShuttingDown("the server is shutting down"))
             raise
         except Exception as err:  # the model failed: every request of the call fails, state kept
             log.exception("onnxruntime call failed for %s", self.model.key)
-            self._fail(group, err)
+            self._fail(order, err)
             return
         elapsed = time.perf_counter() - started
         self._call_seconds = 0.8 * self._call_seconds + 0.2 * elapsed
         self._compute_time.observe(elapsed)
-        self._batch_size.observe(len(group))
-        self._steps.inc(len(group) * group[0].steps)
-        self._deliver(group, stateful, slots, states, outputs, new_states)
+        self._batch_size.observe(len(order))
+        self._steps.inc(len(order) * steps)
+        self._deliver(order, steps, states, outputs, new_states)
 
     @staticmethod
     def _fail(group: list[StepRequest], error: BaseException) -> None:
@@ -352,33 +385,69 @@ class BatchScheduler:
 
     def _deliver(
         self,
-        group: list[StepRequest],
-        stateful: list[StepRequest],
-        slots: npt.NDArray[np.intp],
+        order: list[StepRequest],
+        steps: int,
         states: list[FloatArray],
         outputs: list[FloatArray],
         new_states: list[FloatArray],
     ) -> None:
-        """Commit the new states of wanted requests and resolve their futures (loop thread)."""
-        wanted = [i for i, r in enumerate(stateful) if not r.future.done()]
-        if wanted:
-            if len(wanted) == len(stateful) and len(stateful) == len(group):
+        """Commit finished requests' states, resolve their futures, requeue unfinished ones.
+
+        Runs on the loop thread with no await, so a request's commit and its result are one
+        atomic event for every other task.
+        """
+        specs = self.store.specs
+        finished: list[int] = []
+        for index, request in enumerate(order):
+            if request.future.done():  # cancelled meanwhile: no commit
+                request.status = RequestStatus.DONE
+                continue
+            request.offset += steps
+            if request.offset < request.steps:
+                if request.slot is not None and request.carry is None:
+                    request.before = [
+                        np.take(s, index, axis=p.batch_axis)
+                        for p, s in zip(specs, states, strict=True)
+                    ]
+                request.carry = [
+                    np.take(s, [index], axis=p.batch_axis)
+                    for p, s in zip(specs, new_states, strict=True)
+                ]
+                request.pieces.append([o[index] for o in outputs])
+                request.status = RequestStatus.QUEUED
+                request.enqueued_at = time.monotonic()
+                self._queue.append(request)
+            else:
+                finished.append(index)
+        committing = [i for i in finished if order[i].slot is not None]
+        if committing:
+            slots = np.fromiter(
+                (order[i].slot for i in committing), dtype=np.intp, count=len(committing)
+            )
+            if len(committing) == len(order):  # the common case: every row commits as is
                 self.store.scatter(slots, new_states)
             else:
-                keep = np.asarray(wanted, dtype=np.intp)
+                keep = np.asarray(committing, dtype=np.intp)
                 self.store.scatter(
-                    slots[keep],
+                    slots,
                     [
-                        np.take(s, keep, axis=spec.batch_axis)
-                        for spec, s in zip(self.store.specs, new_states, strict=True)
+                        np.take(s, keep, axis=p.batch_axis)
+                        for p, s in zip(specs, new_states, strict=True)
                     ],
                 )
-        for index, request in enumerate(group):
+        for index in finished:
+            request = order[index]
             request.status = RequestStatus.DONE
-            if request.future.done():
-                continue
             if request.slot is not None:
                 request.committed = True
                 request.batch_states = states
                 request.batch_index = index
-            request.future.set_result([o[index] for o in outputs])
+            rows = [o[index] for o in outputs]
+            if request.pieces:
+                rows = [
+                    np.concatenate([*(piece[j] for piece in request.pieces), row])
+                    for j, row in enumerate(rows)
+                ]
+                request.pieces = []
+            request.carry = None
+            request.future.set_result(rows)

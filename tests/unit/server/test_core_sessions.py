@@ -226,3 +226,22 @@ async def test_stop_refuses_new_work(make_engine: Any) -> None:
     assert not engine.ready
     with pytest.raises(ShuttingDown):
         await engine.step(session, ME, NEXT, OutputOptions())
+
+
+async def test_cancelling_a_long_message_between_segments_keeps_state(
+    engine: InferenceEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = await twin_session(engine, tm.LSTM_LM, PREFIX)
+    twin = await twin_session(engine, tm.LSTM_LM, PREFIX)
+    served = engine._models[tm.LSTM_LM][2]
+    monkeypatch.setattr(served.scheduler, "max_steps_per_call", 2)
+    gate = Gate(engine, tm.LSTM_LM, let_through=2)  # two segments run, the third blocks
+    task = asyncio.create_task(engine.step(session, ME, tokens(34, 9), OutputOptions()))
+    await gate.wait_entered()
+    task.cancel()
+    gate.open()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.01)
+    assert (await engine.get_session(session, ME)).step_count == len(PREFIX)
+    np.testing.assert_array_equal(await feed(engine, session, NEXT), await feed(engine, twin, NEXT))

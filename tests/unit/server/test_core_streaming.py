@@ -171,3 +171,26 @@ async def test_output_options_last_step_probabilities_and_top_k(
         tm.CLASSIFIER, 0, [sequence], OutputOptions(format=OutputFormat.NONE)
     )
     assert nothing.outputs == [] and nothing.steps == 7
+
+
+async def test_long_messages_run_in_segments_and_equal_whole_sequence(
+    engine: InferenceEngine, tiny_repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message longer than max_steps_per_call runs in segments, interleaved with others."""
+    served = engine._models[tm.LSTM_LM][2]
+    monkeypatch.setattr(served.scheduler, "max_steps_per_call", 4)
+    long_a, long_b, short = tokens(60, 23), tokens(61, 9), tokens(62, 6)
+    sa, sb, sc = [(await engine.create_session(tm.LSTM_LM, 0, ME)).session_id for _ in range(3)]
+    before = _calls(tm.LSTM_LM)
+
+    async def stepper() -> np.ndarray:
+        return np.concatenate([await feed(engine, sc, short[i : i + 1]) for i in range(6)])
+
+    ra, rb, rc = await asyncio.gather(feed(engine, sa, long_a), feed(engine, sb, long_b), stepper())
+    for rows, sequence in ((ra, long_a), (rb, long_b), (rc, short)):
+        whole = tm.run_whole_sequence(tiny_repository / tm.LSTM_LM, sequence)["logits"]
+        np.testing.assert_allclose(rows, whole, atol=TOL, rtol=0)
+    assert _calls(tm.LSTM_LM) - before >= 6  # 23 steps in segments of 4: at least 6 calls
+    outcome = await engine.predict(tm.LSTM_LM, 0, [long_a, short], OutputOptions())
+    assert outcome[0].outputs[0].tensor is not None
+    np.testing.assert_allclose(outcome[0].outputs[0].tensor, ra, atol=TOL)
