@@ -30,6 +30,12 @@ class TokenInput(_Strict):
     unknown_token: int | None = Field(
         default=None, description="id that text encoding uses for symbols not in the vocabulary"
     )
+    token_pattern: str | None = Field(
+        default=None,
+        description="word-level models: a Python regex whose re.findall matches are a text's "
+        "tokens; None means one token per character",
+    )
+    lowercase: bool = Field(default=False, description="lowercase text before tokenising it")
 
 
 class FeatureInput(_Strict):

@@ -1,0 +1,1 @@
+"""Training, ONNX export and manifests for rnnserve's recurrent models (torch lives only here)."""

