@@ -127,16 +127,17 @@ class ModelWorker:
 class BatchScheduler:
     """Runs the steps of one model version, many sessions per onnxruntime call.
 
-    Continuous batching: a single loop task takes every queued request (up to max_batch_size),
-    groups them by their number of steps, and runs each group as one [batch, steps] call in a
-    worker thread; requests that arrive meanwhile form the next batch, so an idle server adds no
-    waiting time and a busy one batches as much as it can. A message of many steps (a chunk, a
-    prompt) runs as one call over its steps, batched with the other messages of the same
-    length; so a chunk never costs one call per step, and sessions stepping one token at a time
-    keep batching together. (Padding to a common length is not possible without masking inside
-    the graph: the state after padded steps would be wrong.) A message longer than
-    `max_steps_per_call` runs in segments of that many steps, going back to the queue between
-    them, so a long prompt cannot stall every other session of the model for its whole length.
+    Continuous batching: each dispatch takes every queued request (up to max_batch_size),
+    groups them by their number of steps, and runs each group as one [batch, steps] call in
+    the model's worker thread; requests that arrive meanwhile form the next batch, so an idle
+    server adds no waiting time and a busy one batches as much as it can. A message of many
+    steps (a chunk, a prompt) runs as one call over its steps, batched with the other messages
+    of the same length; so a chunk never costs one call per step, and sessions stepping one
+    token at a time keep batching together. (Padding to a common length is not possible
+    without masking inside the graph: the state after padded steps would be wrong.) A message
+    longer than `max_steps_per_call` runs in segments of that many steps, going back to the
+    queue between them, so a long prompt cannot stall the model's other sessions for its
+    whole length.
 
     The scheduler is driven by callbacks, not a task: a submit on an idle scheduler schedules
     one dispatch for the end of the current loop iteration (so every request submitted in that
@@ -200,12 +201,12 @@ class BatchScheduler:
                 f"{self.max_queue}); retry shortly",
                 retry_after_s=max(0.005, retry),
             )
-        future: asyncio.Future[list[FloatArray]] = asyncio.get_running_loop().create_future()
+        assert self._loop is not None, "start() the scheduler first"
+        future: asyncio.Future[list[FloatArray]] = self._loop.create_future()
         request = StepRequest(inputs, slot, deadline, future)
         self._queue.append(request)
         self._idle.clear()
         if self._call is None and not self._dispatch_scheduled:
-            assert self._loop is not None, "start() the scheduler first"
             self._dispatch_scheduled = True
             self._loop.call_soon(self._dispatch)
         return request
