@@ -26,10 +26,7 @@ class StateStore:
     def __init__(self, specs: Sequence[StateSpec], capacity: int = _INITIAL_CAPACITY) -> None:
         self.specs = list(specs)
         self._capacity = max(1, capacity)
-        self._arrays = [
-            np.full(s.full_shape(self._capacity), s.initial_value, dtype=np.float32)
-            for s in self.specs
-        ]
+        self._arrays = [_filled(s, self._capacity) for s in self.specs]
         self._free: list[int] = list(range(self._capacity - 1, -1, -1))
         self.slot_bytes = sum(4 * int(np.prod(s.shape)) for s in self.specs)
 
@@ -58,7 +55,7 @@ class StateStore:
     def _grow(self, capacity: int) -> None:
         grown = []
         for spec, old in zip(self.specs, self._arrays, strict=True):
-            new = np.full(spec.full_shape(capacity), spec.initial_value, dtype=np.float32)
+            new = _filled(spec, capacity)
             new[_key(spec, slice(0, self._capacity))] = old
             grown.append(new)
         self._free.extend(range(capacity - 1, self._capacity - 1, -1))
@@ -96,6 +93,17 @@ class StateStore:
     def initial_batch(self, batch: int) -> list[FloatArray]:
         """Initial-state tensors for a batch of fresh sequences (stateless calls)."""
         return [np.full(s.full_shape(batch), s.initial_value, dtype=np.float32) for s in self.specs]
+
+
+def _filled(spec: StateSpec, capacity: int) -> FloatArray:
+    """A state array for `capacity` slots at the initial value.
+
+    Zeros come from calloc: the pages of slots never used are not touched, so they cost address
+    space but no resident memory (slots are set to the initial value when allocated anyway).
+    """
+    if spec.initial_value == 0.0:
+        return np.zeros(spec.full_shape(capacity), dtype=np.float32)
+    return np.full(spec.full_shape(capacity), spec.initial_value, dtype=np.float32)
 
 
 def _key(spec: StateSpec, where: int | slice | SlotArray) -> tuple[int | slice | SlotArray, ...]:
