@@ -65,6 +65,7 @@ class ServedModel:
     store: StateStore
     scheduler: BatchScheduler
     codec: TextCodec | None
+    logits_index: int | None  # the next-token logits output of a language model
 
     @property
     def manifest(self) -> ModelManifest:
@@ -112,7 +113,9 @@ class InferenceEngine:
                 scheduler.start()
                 spec = model.manifest.input
                 codec = TextCodec(spec, name) if isinstance(spec, TokenInput) else None
-                self._models[name][version] = ServedModel(model, store, scheduler, codec)
+                self._models[name][version] = ServedModel(
+                    model, store, scheduler, codec, _language_model_logits(model.manifest)
+                )
                 self._stores[(name, version)] = store
         self._drained = asyncio.Event()
         self._drained.set()
@@ -224,6 +227,7 @@ class InferenceEngine:
             try:
                 self._served(session).store.reset(session.slot)
                 session.step_count = 0
+                session.last_logits = None
             finally:
                 self._sessions.release(session)
             return self._sessions.view(session)
@@ -256,6 +260,7 @@ class InferenceEngine:
                 decoded.model, decoded.version, identity, step_count=decoded.step_count
             )
             served.store.write(session.slot, decoded.states)
+            session.last_logits = decoded.last_output
             return self._sessions.view(session)
 
     def _served_for_snapshot(self, decoded: snapshot.Snapshot) -> ServedModel:
@@ -274,6 +279,16 @@ class InferenceEngine:
             served.model.weights_sha256,
             served.manifest.states,
         )
+        if decoded.last_output is not None:
+            want = None
+            if served.logits_index is not None:
+                want = served.manifest.outputs[served.logits_index].shape
+            if want is None or list(decoded.last_output.shape) != want:
+                raise InvalidSnapshot(
+                    f"snapshot's last output has shape {list(decoded.last_output.shape)}; the "
+                    f"model expects {want}",
+                    field="snapshot",
+                )
         return served
 
     def _snapshot_of(self, session: Session, *, with_identity: bool) -> snapshot.Snapshot:
@@ -290,6 +305,7 @@ class InferenceEngine:
             )
             if with_identity
             else None,
+            last_output=session.last_logits,
         )
 
     # ---- steps -------------------------------------------------------------------------------
@@ -351,6 +367,8 @@ class InferenceEngine:
             raise
         if session is not None:
             session.step_count += request.steps
+            if served.logits_index is not None:
+                session.last_logits = raw[served.logits_index][-1].copy()
         return raw
 
     async def predict(
@@ -419,7 +437,7 @@ class InferenceEngine:
                 served = self._resolve(request.model, request.version)
                 _require_language_model(served.manifest)
                 _require_streamable(served.manifest)
-                prompt = self._prompt(served, request.prompt)
+                prompt = self._prompt(served, request.prompt, None)
                 session = self._sessions.create(request.model, served.model.version, identity)
                 session = self._sessions.acquire(session.session_id, identity)
             else:
@@ -430,7 +448,7 @@ class InferenceEngine:
             try:
                 if not created:
                     _require_language_model(served.manifest)
-                    prompt = self._prompt(served, request.prompt)
+                    prompt = self._prompt(served, request.prompt, session)
                 tokens = self._sample(served, session, prompt, request, max_tokens)
                 async with contextlib.aclosing(tokens):
                     async for token in tokens:
@@ -442,12 +460,18 @@ class InferenceEngine:
                 if created and (request.close_session or not yielded):
                     self._sessions.remove(session, "closed")
 
-    def _prompt(self, served: ServedModel, prompt: InputData | None) -> ModelInput:
-        if prompt is None or (isinstance(prompt, str) and not prompt) or len(prompt) == 0:
-            raise InvalidInput(
-                "a non-empty prompt is required: generation continues from the prompt's last step",
-                field="prompt",
-            )
+    def _prompt(
+        self, served: ServedModel, prompt: InputData | None, session: Session | None
+    ) -> ModelInput | None:
+        """The validated prompt, or None to continue from the session's last output."""
+        if prompt is None or len(prompt) == 0:
+            if session is None or session.last_logits is None:
+                where = "a new session" if session is None else "this session"
+                raise InvalidInput(
+                    f"a prompt is required: {where} has no output yet to continue from",
+                    field="prompt",
+                )
+            return None
         return validate_input(
             served.manifest, prompt, self.settings.max_steps_per_message, served.codec
         )
@@ -456,16 +480,20 @@ class InferenceEngine:
         self,
         served: ServedModel,
         session: Session,
-        prompt: ModelInput,
+        prompt: ModelInput | None,
         request: GenerationRequest,
         max_tokens: int,
     ) -> AsyncGenerator[GeneratedToken, None]:
-        assert served.codec is not None
-        logits_index = _logits_output(served.manifest)
+        assert served.codec is not None and served.logits_index is not None
+        logits_index = served.logits_index
         sampler = Sampler(request.sampling)
         stops = StopMatcher(request.stop)
-        raw = await self._run(served, session, prompt, None)
-        logits = raw[logits_index][-1]
+        if prompt is not None:
+            raw = await self._run(served, session, prompt, None)
+            logits = raw[logits_index][-1]
+        else:
+            assert session.last_logits is not None
+            logits = session.last_logits
         for index in range(max_tokens):
             if self._stopping:
                 raise ShuttingDown("the server is shutting down; generation stopped")
@@ -528,6 +556,7 @@ class InferenceEngine:
                     step_count=decoded.step_count,
                 )
                 served.store.write(session.slot, decoded.states)
+                session.last_logits = decoded.last_output
                 restored += 1
             except (InvalidSnapshot, CapacityExceeded, ValueError) as err:
                 metrics.EVICTIONS.labels("dropped").inc()
@@ -553,6 +582,15 @@ def _require_language_model(manifest: ModelManifest) -> None:
             field="model",
         )
     _logits_output(manifest)
+
+
+def _language_model_logits(manifest: ModelManifest) -> int | None:
+    """Index of a language model's next-token logits output (None for other models)."""
+    try:
+        _require_language_model(manifest)
+    except NotALanguageModel:
+        return None
+    return _logits_output(manifest)
 
 
 def _logits_output(manifest: ModelManifest) -> int:

@@ -33,25 +33,26 @@ def build_outputs(
     """One OutputResult per model output from its [steps, *shape] tensor, as `options` ask.
 
     Logits outputs always carry argmax (and its labels where the model has labels); PROBABILITIES
-    and TOP_K apply softmax to logits and leave real-valued outputs as they are; NONE returns
-    nothing (useful to feed a prompt cheaply).
+    and TOP_K apply softmax to logits and leave real-valued outputs as they are; NONE carries no
+    tensor at all, only the argmax of logits outputs (the cheapest reply).
     """
-    if options.format is OutputFormat.NONE:
-        return []
     results = []
     for spec, tensor in zip(specs, raw, strict=True):
         rows = tensor[-1:] if options.steps is OutputSteps.LAST else tensor
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         result = OutputResult(name=spec.name, meaning=spec.meaning)
         if spec.meaning != "logits" or len(spec.shape) != 1:
-            result.tensor = rows
+            if options.format is not OutputFormat.NONE:
+                result.tensor = rows
             results.append(result)
             continue
         argmax = rows.argmax(axis=-1).astype(np.int64)
         result.argmax = argmax
         if spec.labels is not None:
             result.labels = [spec.labels[i] for i in argmax.tolist()]
-        if options.format is OutputFormat.RAW:
+        if options.format is OutputFormat.NONE:
+            pass
+        elif options.format is OutputFormat.RAW:
             result.tensor = rows
         elif options.format is OutputFormat.PROBABILITIES:
             result.tensor = softmax(rows)

@@ -7,8 +7,10 @@ Layout of one snapshot (all integers little-endian):
     flags      u16       bit 0: an HMAC-SHA256 trailer follows the checksum
     header_len u32       length of the header
     header     JSON      utf-8: model, version, weights_sha256, step_count,
-                         states [{name, shape, dtype}], optional session {id, identity, created_at}
-    states     bytes     each state tensor (shape without the batch axis), float32 "<f4", C order
+                         states [{name, shape, dtype}], optional session {id, identity,
+                         created_at}, optional last_output {shape, dtype}
+    states     bytes     each state tensor (shape without the batch axis), float32 "<f4", C order,
+                         then the last output (a language model's last logits) if present
     checksum   32 bytes  SHA-256 of everything above
     hmac       32 bytes  HMAC-SHA256(secret, everything above), only when flag bit 0 is set
 
@@ -66,6 +68,8 @@ class Snapshot:
     state_names: list[str]
     states: list[FloatArray]
     session: SessionIdentity | None = None
+    # A language model's last logits (lets generation continue without a prompt).
+    last_output: FloatArray | None = None
 
 
 def encode(snapshot: Snapshot, secret: bytes | None = None) -> bytes:
@@ -86,10 +90,14 @@ def encode(snapshot: Snapshot, secret: bytes | None = None) -> bytes:
             "identity": snapshot.session.identity,
             "created_at": snapshot.session.created_at,
         }
+    if snapshot.last_output is not None:
+        header["last_output"] = {"shape": list(snapshot.last_output.shape), "dtype": "float32"}
     header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     flags = FLAG_HMAC if secret is not None else 0
     parts = [_PREFIX.pack(MAGIC, FORMAT_VERSION, flags, len(header_bytes)), header_bytes]
     parts += [np.ascontiguousarray(s, dtype="<f4").tobytes() for s in snapshot.states]
+    if snapshot.last_output is not None:
+        parts.append(np.ascontiguousarray(snapshot.last_output, dtype="<f4").tobytes())
     body = b"".join(parts)
     body += hashlib.sha256(body).digest()
     if secret is not None:
@@ -173,7 +181,11 @@ def _read_states(header: dict[str, Any], payload: bytes) -> Snapshot:
     names: list[str] = []
     states: list[FloatArray] = []
     offset = 0
-    for index, entry in enumerate(header["states"]):
+    entries = list(header["states"])
+    last = header.get("last_output")
+    if last is not None:
+        entries.append({**last, "name": "last_output"} if isinstance(last, dict) else last)
+    for index, entry in enumerate(entries):
         shape = entry.get("shape") if isinstance(entry, dict) else None
         if (
             not isinstance(entry, dict)
@@ -201,6 +213,10 @@ def _read_states(header: dict[str, Any], payload: bytes) -> Snapshot:
             raise InvalidSnapshot(
                 f"snapshot state {name!r} holds NaN or infinity", field="snapshot"
             )
+    last_output = None
+    if last is not None:
+        names.pop()
+        last_output = states.pop()
     session = None
     raw_session = header.get("session")
     if isinstance(raw_session, dict):
@@ -220,6 +236,7 @@ def _read_states(header: dict[str, Any], payload: bytes) -> Snapshot:
         state_names=names,
         states=states,
         session=session,
+        last_output=last_output,
     )
 
 

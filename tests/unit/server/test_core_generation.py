@@ -199,3 +199,41 @@ async def test_closing_the_session_ends_its_generation(engine: InferenceEngine) 
         await anext(stream)
     assert caught.value.reason == "closed"
     assert engine._models[tm.RNN_LM][1].store.used == 0  # the slot was freed when it ended
+
+
+async def test_generation_without_a_prompt_continues_from_the_last_step(
+    make_engine: Any, tiny_repository: Path
+) -> None:
+    engine = await make_engine()
+    session = (await engine.create_session(tm.LSTM_LM, 0, ME)).session_id
+    with pytest.raises(InvalidInput, match="no output yet") as caught:
+        await anext(engine.generate(GenerationRequest(session_id=session, max_tokens=3), ME))
+    assert caught.value.field == "prompt"
+    await feed(engine, session, PROMPT)
+    greedy = SamplingParams(temperature=0)
+    request = GenerationRequest(session_id=session, max_tokens=4, sampling=greedy)
+    tokens = [t async for t in engine.generate(request, ME)]
+    assert tokens[-1].step_count == len(PROMPT) + 4
+    # the same as generating with the prompt on a fresh session
+    fresh = await _generate(engine, sampling=greedy, max_tokens=4)
+    assert [t.token_id for t in tokens] == [t.token_id for t in fresh]
+    # the last output travels in snapshots: a second engine continues without a prompt
+    data, _ = await engine.export_state(session, ME)
+    other = await make_engine()
+    imported = (await other.import_state(data, ME)).session_id
+    more = [
+        t
+        async for t in other.generate(
+            GenerationRequest(session_id=imported, max_tokens=3, sampling=greedy), ME
+        )
+    ]
+    again = [
+        t
+        async for t in engine.generate(
+            GenerationRequest(session_id=session, max_tokens=3, sampling=greedy), ME
+        )
+    ]
+    assert [t.token_id for t in more] == [t.token_id for t in again]
+    await engine.reset_session(session, ME)
+    with pytest.raises(InvalidInput, match="no output yet"):
+        await anext(engine.generate(GenerationRequest(session_id=session, max_tokens=3), ME))

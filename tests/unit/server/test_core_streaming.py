@@ -170,7 +170,11 @@ async def test_output_options_last_step_probabilities_and_top_k(
     [nothing] = await engine.predict(
         tm.CLASSIFIER, 0, [sequence], OutputOptions(format=OutputFormat.NONE)
     )
-    assert nothing.outputs == [] and nothing.steps == 7
+    assert nothing.steps == 7
+    [result] = nothing.outputs
+    assert result.tensor is None and result.top_k_indices is None
+    assert result.argmax is not None and result.argmax.tolist() == whole.argmax(-1).tolist()
+    assert result.labels == [tm.CLASSES[i] for i in whole.argmax(-1)]
 
 
 async def test_long_messages_run_in_segments_and_equal_whole_sequence(
