@@ -76,6 +76,13 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from rnnserve.training.report import write_report
+
+    print(write_report(Path(args.repository), Path(args.output)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="rnnserve-train", description=__doc__)
@@ -119,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     experiments.add_argument("--output", default="models/docs")
     experiments.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     experiments.set_defaults(func=_cmd_experiments)
+
+    report = sub.add_parser("report", help="training curves (PNG) and the results table")
+    report.add_argument("--repository", default="models/repository")
+    report.add_argument("--output", default="models/docs")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 

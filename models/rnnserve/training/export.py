@@ -109,6 +109,8 @@ def export_onnx(wrapper: ExportWrapper, path: Path, output_meaning: str, opset: 
         warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size")
         # the tracer's notes on shape checks inside nn.RNNBase; the axes are checked below instead
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # deliberate: the TorchScript exporter is the one that keeps RNN ops and dynamic time
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             wrapper,
             example_inputs(wrapper, batch=2, time=3),

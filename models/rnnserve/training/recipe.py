@@ -49,6 +49,8 @@ def build_recipe(config: RunConfig) -> Recipe:
         from rnnserve.training.recipes.births import build
     elif config.dataset == "brown":
         from rnnserve.training.recipes.brown import build
+    elif config.dataset == "generated":
+        from rnnserve.training.recipes.generated import build
     else:
         raise ValueError(f"unknown dataset {config.dataset!r}")
     return build(config)

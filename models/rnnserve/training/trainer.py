@@ -77,7 +77,7 @@ def train(
     progress_bar: bool = True,
     description: str = "train",
 ) -> TrainResult:
-    """Train `model` on `task`, resuming `checkpoint` if it exists; leaves the best weights loaded."""
+    """Train `model` on `task`, resuming `checkpoint` if it exists; ends with the best weights."""
     torch.set_num_threads(config.threads)
     rng = seed_everything(config.seed)
     optimizer = torch.optim.Adam(

@@ -29,10 +29,10 @@ def logistic_regression_baseline(
     features = {k: bag_of_words(v[0], vocab_size) for k, v in splits.items()}
     labels = {k: torch.tensor(v[1]) for k, v in splits.items()}
     best: tuple[float, float, float] = (-1.0, 0.0, 0.0)
-    for l2 in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2):
+    for l2 in (1e-5, 1e-4, 1e-3):
         linear = nn.Linear(vocab_size, 2)
         optimizer = torch.optim.LBFGS(
-            linear.parameters(), max_iter=200, line_search_fn="strong_wolfe"
+            linear.parameters(), max_iter=100, line_search_fn="strong_wolfe"
         )
 
         def closure(
@@ -89,7 +89,7 @@ def build(config: RunConfig) -> Recipe:
         metrics.update(logistic_regression_baseline(splits, len(vocabulary), config.training.seed))
         notes = {
             "streaming": "the output at step t classifies the words up to t; read the last step",
-            "baseline": "binary bag-of-words logistic regression, L2 tuned on validation, same split",
+            "baseline": "binary bag-of-words logistic regression, L2 tuned on validation",
         }
         return metrics, notes
 

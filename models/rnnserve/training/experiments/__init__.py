@@ -1,0 +1,1 @@
+"""Small measured experiments behind the claims in models/README.md."""
