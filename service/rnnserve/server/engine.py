@@ -353,14 +353,7 @@ class InferenceEngine:
         scheduler = served.scheduler
         request = scheduler.submit(inputs, session.slot if session else None, deadline)
         try:
-            if deadline is not None:
-                done, _ = await asyncio.wait(
-                    {request.future}, timeout=max(0.0, deadline - time.monotonic())
-                )
-                if not done and scheduler.withdraw(request):
-                    raise DeadlineExceeded(
-                        "the deadline passed while the step was queued; state unchanged"
-                    )
+            # the scheduler fails the request with DeadlineExceeded if it is still queued then
             raw = await request.future
         except asyncio.CancelledError:
             scheduler.abandon(request)

@@ -46,6 +46,7 @@ class StepRequest:
         "slot",
         "status",
         "steps",
+        "timer",
     )
 
     def __init__(
@@ -74,6 +75,7 @@ class StepRequest:
         self.batch_states: list[FloatArray] | None = None
         self.batch_index = 0
         self.before: list[FloatArray] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # fails the request at its deadline
 
 
 RunResult = tuple[list[FloatArray], list[FloatArray]]
@@ -204,6 +206,9 @@ class BatchScheduler:
         assert self._loop is not None, "start() the scheduler first"
         future: asyncio.Future[list[FloatArray]] = self._loop.create_future()
         request = StepRequest(inputs, slot, deadline, future)
+        if deadline is not None:
+            # loop.time() is time.monotonic(), the clock deadlines are given in
+            request.timer = self._loop.call_at(deadline, self._expire, request)
         self._queue.append(request)
         self._idle.clear()
         if self._call is None and not self._dispatch_scheduled:
@@ -220,9 +225,23 @@ class BatchScheduler:
         except ValueError:
             return False
         request.status = RequestStatus.DONE
+        if request.timer is not None:
+            request.timer.cancel()
         if not request.future.done():
             request.future.cancel()
         return True
+
+    def _expire(self, request: StepRequest) -> None:
+        """The deadline of a request came while it was still queued: drop it, state untouched."""
+        if request.status is not RequestStatus.QUEUED:
+            return
+        with contextlib.suppress(ValueError):
+            self._queue.remove(request)
+        request.status = RequestStatus.DONE
+        if not request.future.done():
+            request.future.set_exception(
+                DeadlineExceeded("the deadline passed while the step was queued; state unchanged")
+            )
 
     def abandon(self, request: StepRequest) -> None:
         """The awaiting task gave up (cancelled): drop the request, undo its commit if made."""
@@ -308,6 +327,9 @@ class BatchScheduler:
         batch: list[StepRequest] = []
         while self._queue and len(batch) < self.max_batch_size:
             request = self._queue.popleft()
+            if request.timer is not None:
+                request.timer.cancel()
+                request.timer = None
             if request.future.done():  # cancelled while queued
                 request.status = RequestStatus.DONE
                 continue
