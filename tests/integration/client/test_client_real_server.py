@@ -97,11 +97,6 @@ def test_output_options_top_k_last_and_none(client: Client, tiny_repository: Pat
         assert none.tensor is None and none.step_count == 6
 
 
-@pytest.mark.xfail(
-    reason="the proto says OUTPUT_FORMAT_NONE keeps the argmax labels; the core's "
-    "postprocess.build_outputs returns no outputs at all for NONE",
-    strict=False,
-)
 def test_output_format_none_keeps_the_argmax(client: Client, tiny_repository: Path) -> None:
     expected = run_whole_sequence(tiny_repository / RNN_LM, IDS[:6])["logits"]
     with client.session(RNN_LM) as session:
@@ -207,11 +202,6 @@ def test_predict_runs_whole_sequences_on_a_bidirectional_model(
     assert caught.value.field == "sequences[1].tokens.ids[1]"
 
 
-@pytest.mark.xfail(
-    reason="the proto makes Generate's prompt optional (continue from the session's state), "
-    "but the core refuses an empty prompt (INVALID_ARGUMENT prompt)",
-    strict=False,
-)
 def test_generation_without_a_prompt_continues_from_the_state(client: Client) -> None:
     with client.session(RNN_LM) as session:
         session.feed(TEXT[:8])
