@@ -1,4 +1,4 @@
-"""Domain errors of the serving core; they carry no transport codes (transport/errors.py maps them)."""
+"""Domain errors of the serving core; no transport codes here (transport/errors.py maps them)."""
 
 from __future__ import annotations
 

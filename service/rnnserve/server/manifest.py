@@ -1,4 +1,4 @@
-"""The model manifest: the contract between training/export and serving (models/repository/<name>/model.json)."""
+"""The model manifest (<repository>/<name>/model.json): the contract between export and serving."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST_FILENAME = "model.json"
 ONNX_FILENAME = "model.onnx"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 Task = Literal["language-model", "classifier", "regressor", "tagger"]
 Cell = Literal["rnn", "gru", "lstm"]
@@ -50,7 +50,9 @@ class FeatureInput(_Strict):
     @model_validator(mode="after")
     def _names_match_width(self) -> FeatureInput:
         if self.feature_names is not None and len(self.feature_names) != self.width:
-            raise ValueError(f"feature_names has {len(self.feature_names)} names, width is {self.width}")
+            raise ValueError(
+                f"feature_names has {len(self.feature_names)} names, width is {self.width}"
+            )
         return self
 
 
@@ -74,7 +76,9 @@ class OutputSpec(_Strict):
     @model_validator(mode="after")
     def _labels_match_shape(self) -> OutputSpec:
         if self.labels is not None and (len(self.shape) != 1 or self.shape[0] != len(self.labels)):
-            raise ValueError(f"output {self.name}: {len(self.labels)} labels for shape {self.shape}")
+            raise ValueError(
+                f"output {self.name}: {len(self.labels)} labels for shape {self.shape}"
+            )
         return self
 
 
@@ -139,7 +143,9 @@ class ModelManifest(_Strict):
     task: Task
     cell: Cell
     bidirectional: bool = False
-    streamable: bool = Field(description="state can be carried across calls; false if bidirectional")
+    streamable: bool = Field(
+        description="state can be carried across calls; false if bidirectional"
+    )
     architecture: Architecture
     input: InputSpec
     outputs: list[OutputSpec] = Field(min_length=1)

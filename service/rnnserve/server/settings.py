@@ -1,4 +1,4 @@
-"""Server configuration: one object read from RNNSERVE_* environment variables; CLI flags map 1:1."""
+"""Server configuration: one object from RNNSERVE_* environment variables; CLI flags map 1:1."""
 
 from __future__ import annotations
 
@@ -25,20 +25,28 @@ class Settings(BaseSettings):
     models: list[str] | None = Field(
         default=None, description="Serve only these model names (default: every model found)."
     )
-    session_ttl_s: float = Field(default=600.0, gt=0, description="Idle time before a session expires.")
+    session_ttl_s: float = Field(
+        default=600.0, gt=0, description="Idle time before a session expires."
+    )
     max_sessions: int = Field(default=100_000, gt=0, description="Most live sessions in all.")
     max_steps_per_message: int = Field(
         default=4096, gt=0, description="Most steps one message (or prompt) may carry."
     )
-    max_generate_tokens: int = Field(default=4096, gt=0, description="Cap on Generate's max_tokens.")
+    max_generate_tokens: int = Field(
+        default=4096, gt=0, description="Cap on Generate's max_tokens."
+    )
     max_batch_size: int = Field(
         default=256, gt=0, description="Most sessions one onnxruntime call serves."
     )
     max_queue: int = Field(
-        default=4096, gt=0, description="Most steps waiting per model; beyond it RESOURCE_EXHAUSTED."
+        default=4096,
+        gt=0,
+        description="Most steps waiting per model; beyond it RESOURCE_EXHAUSTED.",
     )
     intra_op_threads: int = Field(
-        default=1, ge=0, description="onnxruntime intra-op threads per model (0 = onnxruntime's choice)."
+        default=1,
+        ge=0,
+        description="onnxruntime intra-op threads per model (0 = onnxruntime's choice).",
     )
     snapshot_dir: Path | None = Field(
         default=None,
