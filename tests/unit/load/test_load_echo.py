@@ -159,3 +159,12 @@ def test_cli_refuses_an_unbounded_or_bad_run(capsys: pytest.CaptureFixture[str])
         main(["--concurrency", "0"])
     assert caught.value.code == 2
     assert "concurrency" in capsys.readouterr().err
+
+
+async def test_progress_bar_reaches_the_end(
+    echo_target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = LoadConfig(target=echo_target, concurrency=2, steps=150, progress=True)
+    await run_load_async(config)
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "300/300" in bar and "100%" in bar

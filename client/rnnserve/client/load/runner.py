@@ -174,21 +174,26 @@ async def _progress(config: LoadConfig, recorder: Recorder, start: float) -> Non
     """A tqdm bar on stderr, refreshed a few times a second (never per message)."""
     by_time = config.message_budget is None
     total = config.duration_s if by_time else config.message_budget
-    unit = "s" if by_time else "msg"
-    with tqdm(total=total, unit=unit, desc=f"{config.mode} x{config.concurrency}") as bar:
+    options: dict[str, Any] = {"total": total, "desc": f"{config.mode} x{config.concurrency}"}
+    if by_time:
+        options["bar_format"] = "{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}{postfix}]"
+    else:
+        options["unit"] = "msg"
+
+    def update(bar: tqdm[Any]) -> None:
+        elapsed = time.perf_counter() - start
+        bar.n = min(elapsed, total or elapsed) if by_time else recorder.messages
+        bar.set_postfix(
+            msg_s=f"{recorder.messages / max(elapsed, 1e-9):,.0f}",
+            errors=recorder.messages - len(recorder.latency),
+            refresh=False,
+        )
+        bar.refresh()
+
+    with tqdm(**options) as bar:
         try:
             while True:
                 await asyncio.sleep(0.25)
-                elapsed = time.perf_counter() - start
-                position = min(elapsed, total or elapsed) if by_time else recorder.messages
-                bar.n = round(position, 1) if by_time else position
-                bar.set_postfix(
-                    msg_s=f"{recorder.messages / max(elapsed, 1e-9):,.0f}",
-                    errors=recorder.messages - len(recorder.latency),
-                    refresh=False,
-                )
-                bar.refresh()
-        except asyncio.CancelledError:
-            bar.n = recorder.messages if not by_time else bar.n
-            bar.refresh()
-            raise
+                update(bar)
+        finally:
+            update(bar)
