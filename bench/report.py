@@ -67,6 +67,17 @@ def render_markdown(data: dict[str, Any]) -> str:
     )
     lines += _table(["call", "us per call", "us per token"], rows)
 
+    engine = data.get("engine")
+    if engine:
+        lines += ["", "### The core alone: `InferenceEngine.step` in one process (no gRPC)", ""]
+        rows = [
+            [str(e["sessions"]), f"{e['steps_per_s']:,.0f}", _us(1 / e["steps_per_s"]),
+             _ms(e["p50_s"])]
+            for e in engine.values()
+        ]  # fmt: skip
+        lines += _table(
+            ["concurrent sessions", "steps/s", "us per step (1 / steps/s)", "p50 ms"], rows
+        )
     lines += ["", "### Throughput and latency (one token per message unless stated)", ""]
     rows = []
     for key, entry in runs.items():

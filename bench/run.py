@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from engine_floor import measure_engine
 from floors import measure_floors
 from memory import measure_memory
 from model import NAME, bench_repository
@@ -272,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     _log("in-process onnxruntime floor")
     data["floors"] = measure_floors(repository, NAME)
+    _log("in-process engine (the core without gRPC)")
+    data["engine"] = measure_engine(repository, NAME, (1, 64), seconds=min(2.0, args.duration))
     chosen = [s for s in scenarios(tuple(args.positions)) if not args.only or s.key in args.only]
     echo = start_echo(work)
     rnnserve, metrics = start_rnnserve(work, repository, NAME, **SERVER_SETTINGS)
