@@ -32,7 +32,9 @@ def test_shipped_model_matches_its_manifest(path: Path) -> None:
     for info in manifest.versions:
         onnx_path = path.parent / str(info.version) / ONNX_FILENAME
         assert sha256_of(onnx_path) == info.sha256
-        assert info.export.parity and max(info.export.parity.values()) <= PARITY_TOLERANCE
+        # relative for large logits (see rnnserve.training.export._max_scaled_diff)
+        assert info.export.parity["max_scaled_diff"] <= PARITY_TOLERANCE
+        assert max(info.export.parity.values()) <= 10 * PARITY_TOLERANCE
         if manifest.streamable:
             assert any(k.startswith("chunked_") for k in info.export.parity)
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

@@ -43,11 +43,14 @@ def publish_run(
     )
 
     metrics = dict(record["metrics"])
-    metrics["training_minutes"] = round(record["training_seconds"] / 60, 2)
+    cpu_minutes = record["training_cpu_seconds_per_thread"] / 60
+    metrics["training_cpu_minutes_per_thread"] = round(cpu_minutes, 2)
+    metrics["training_wall_minutes"] = round(record["training_seconds"] / 60, 2)
     metrics["steps"] = float(record["steps"])
     notes = dict(record["notes"])
     notes["training"] = (
-        f"{record['steps']} steps in {record['training_seconds'] / 60:.1f} min on 2 CPU threads, "
+        f"{record['steps']} steps, {cpu_minutes:.1f} CPU minutes on {config.training.threads} "
+        f"thread(s) ({record['training_seconds'] / 60:.1f} min wall on a shared 2-core machine), "
         f"best at step {record['best_step']}; retrain: rnnserve-train train {config.name}"
     )
     manifest = build_manifest(
