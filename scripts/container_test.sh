@@ -61,7 +61,7 @@ cleanup() {
   if [ -n "${CTR_DOCKERD_PID:-}" ] && kill -0 "$CTR_DOCKERD_PID" 2>/dev/null; then
     if [ $rc -ne 0 ]; then
       ctr_log "failure: container state and logs follow"
-      docker ps -a --filter "name=$CONTAINER" --filter "label=com.docker.compose.project=$PROJECT" >&2
+      docker ps -a >&2  # this engine is private: every container on it is this test's
       docker logs --tail 40 "$CONTAINER" >&2 2>&1
       compose logs --no-color --tail 40 >&2 2>&1
     fi

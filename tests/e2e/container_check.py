@@ -54,11 +54,15 @@ class Reference:
 
     @classmethod
     def load(cls, repository: Path, model: str) -> Reference:
-        manifest = load_manifest(repository / model / "model.json")
-        path = repository / model / str(manifest.latest_version) / ONNX_FILENAME
+        path = repository / model / "model.json"
+        if not path.is_file():
+            raise CheckFailed(f"no model {model!r} in {repository} (no {path.name})")
+        manifest = load_manifest(path)
+        onnx_path = repository / model / str(manifest.latest_version) / ONNX_FILENAME
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
-        return cls(manifest, ort.InferenceSession(str(path), options, ["CPUExecutionProvider"]))
+        session = ort.InferenceSession(str(onnx_path), options, ["CPUExecutionProvider"])
+        return cls(manifest, session)
 
     @property
     def vocabulary_size(self) -> int:
