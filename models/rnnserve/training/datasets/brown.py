@@ -25,7 +25,7 @@ def normalise_tag(tag: str) -> str:
         tag = stripped
 
 
-def parse_document(text: str) -> list[Sentence]:
+def parse_document(text: str, lowercase: bool = True) -> list[Sentence]:
     """One sentence per non-blank line; each token is word/tag (the word may contain '/')."""
     sentences = []
     for line in text.splitlines():
@@ -35,17 +35,17 @@ def parse_document(text: str) -> list[Sentence]:
         sentence = []
         for token in tokens:
             word, _, tag = token.rpartition("/")
-            sentence.append((word.lower(), normalise_tag(tag)))
+            sentence.append((word.lower() if lowercase else word, normalise_tag(tag)))
         sentences.append(sentence)
     return sentences
 
 
-def load_splits(folder: Path | None = None) -> dict[str, list[Sentence]]:
+def load_splits(folder: Path | None = None, lowercase: bool = True) -> dict[str, list[Sentence]]:
     """Documents in name order; every 10th (index % 10 == 8) to validation, == 9 to test."""
     root = (folder or archive_folder("brown")) / "package"
     documents = sorted(p for p in root.iterdir() if _DOCUMENT.match(p.name))
     splits: dict[str, list[Sentence]] = {"train": [], "validation": [], "test": []}
     for i, path in enumerate(documents):
         key = "validation" if i % 10 == 8 else "test" if i % 10 == 9 else "train"
-        splits[key].extend(parse_document(path.read_text(encoding="utf-8")))
+        splits[key].extend(parse_document(path.read_text(encoding="utf-8"), lowercase))
     return splits

@@ -16,7 +16,6 @@ SOURCE = (
 )
 LICENCE = ARCHIVES["vader"].licence
 LABELS = ["negative", "positive"]
-_INNER = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 
 
 @dataclass(frozen=True)
@@ -25,14 +24,19 @@ class Example:
     label: int  # index into LABELS
 
 
-def load_examples(folder: Path | None = None) -> list[Example]:
-    """Every snippet with a non-zero mean rating; rating > 0 is positive."""
+EXTRA_SETS = ("tweets", "amazonReviewSnippets", "nytEditorialSnippets")
+
+
+def load_examples(
+    folder: Path | None = None, collection: str = "movieReviewSnippets"
+) -> list[Example]:
+    """Every snippet of a collection with a non-zero mean rating; rating > 0 is positive."""
     root = folder or archive_folder("vader")
     archive = next(root.glob("vaderSentiment-*/additional_resources/hutto_ICWSM_2014.tar.gz"))
     with tarfile.open(archive) as outer:
-        member = outer.extractfile(_INNER)
+        member = outer.extractfile(f"hutto_ICWSM_2014/{collection}_GroundTruth.txt")
         assert member is not None
-        text = member.read().decode("utf-8")
+        text = member.read().decode("utf-8", errors="replace")
     examples = []
     for line in text.splitlines():
         parts = line.split("\t")

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 
 # Text -> tokens for word models; recorded in the manifest so any client can encode the same way.
 TOKEN_PATTERN = r"[a-z0-9]+(?:['\-][a-z0-9]+)*|[^\sa-z0-9]"
+# the same for models that keep case (capitals tell proper nouns apart)
+CASED_TOKEN_PATTERN = r"[A-Za-z0-9]+(?:['\-][A-Za-z0-9]+)*|[^\sA-Za-z0-9]"
 UNKNOWN = "<unk>"
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
 

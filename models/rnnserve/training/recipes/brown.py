@@ -6,7 +6,12 @@ from collections import Counter, defaultdict
 
 from rnnserve.training.config import RunConfig
 from rnnserve.training.datasets import brown
-from rnnserve.training.datasets.words import TOKEN_PATTERN, build_vocabulary, encode_words
+from rnnserve.training.datasets.words import (
+    CASED_TOKEN_PATTERN,
+    TOKEN_PATTERN,
+    build_vocabulary,
+    encode_words,
+)
 from rnnserve.training.model import NetworkSpec
 from rnnserve.training.recipe import Recipe
 from rnnserve.training.tasks.sequences import TaggerTask
@@ -34,8 +39,9 @@ def most_frequent_tag_baseline(sentences: dict[str, list[brown.Sentence]]) -> di
 
 
 def build(config: RunConfig) -> Recipe:
-    """Word ids (lowercased, words seen once -> <unk>) in, one tag per word out."""
-    sentences = brown.load_splits()
+    """Word ids (words seen once -> <unk>) in, one tag per word out; case kept unless configured."""
+    lowercase = bool(config.dataset_options.get("lowercase", False))
+    sentences = brown.load_splits(lowercase=lowercase)
     vocabulary = build_vocabulary(
         ([w for w, _ in s] for s in sentences["train"]),
         min_count=config.dataset_options.get("min_count", 2),
@@ -80,8 +86,8 @@ def build(config: RunConfig) -> Recipe:
         input_kind="tokens",
         vocabulary=vocabulary,
         unknown_token=0,
-        token_pattern=TOKEN_PATTERN,
-        lowercase=True,
+        token_pattern=TOKEN_PATTERN if lowercase else CASED_TOKEN_PATTERN,
+        lowercase=lowercase,
         output_meaning="logits",
         output_labels=tags,
         data={

@@ -64,6 +64,12 @@ def build(config: RunConfig) -> Recipe:
     examples = sentiment.split_examples(
         sentiment.load_examples(), seed=config.dataset_options.get("split_seed", 13)
     )
+    # other VADER collections (tweets, product and editorial snippets) may join the training split
+    # only; validation and test stay movie-review snippets, and the baseline sees the same split
+    movie_train = len(examples["train"])
+    extra = config.dataset_options.get("extra_training_sets", [])
+    for collection in extra:
+        examples["train"] = examples["train"] + sentiment.load_examples(collection=collection)
     vocabulary = build_vocabulary(
         (e.tokens for e in examples["train"]), min_count=config.dataset_options.get("min_count", 2)
     )
@@ -87,6 +93,14 @@ def build(config: RunConfig) -> Recipe:
     def finish(model: nn.Module) -> tuple[dict[str, float], dict[str, str]]:
         metrics = {"test_accuracy": task.evaluate(model, "test")["accuracy"]}
         metrics.update(logistic_regression_baseline(splits, len(vocabulary), config.training.seed))
+        if extra:
+            # the same baseline trained on the movie-review part of the training split alone
+            movie_only = {
+                **splits,
+                "train": (splits["train"][0][:movie_train], splits["train"][1][:movie_train]),
+            }
+            only = logistic_regression_baseline(movie_only, len(vocabulary), config.training.seed)
+            metrics.update({k.replace("logreg", "logreg_movies_only"): v for k, v in only.items()})
         notes = {
             "streaming": "the output at step t classifies the words up to t; read the last step",
             "baseline": "binary bag-of-words logistic regression, L2 tuned on validation",
