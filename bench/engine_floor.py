@@ -23,7 +23,9 @@ async def _measure(
 ) -> dict[str, float]:
     ids = [(await engine.create_session(model, 0, "bench")).session_id for _ in range(sessions)]
     rng = np.random.default_rng(0)
-    tokens = [rng.integers(0, 100, size=1, dtype=np.int64) for _ in range(64)]
+    manifest = engine.get_model(model).manifest
+    vocab = len(manifest.input.vocabulary) if manifest.input.kind == "tokens" else 1
+    tokens = [rng.integers(0, vocab, size=1, dtype=np.int64) for _ in range(64)]
     options = OutputOptions()
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from profiling import start_recording
 from profiling import summarise as summarise_profile
 from rnnserve.client.load import LoadConfig, LoadResult, run_load
 from rnnserve.client.load.plot import plot_result
+from rnnserve.server.manifest import MANIFEST_FILENAME, load_manifest
 from scenarios import LONG, Scenario, scenarios
 from servers import ServerProcess, start_echo, start_rnnserve
 
@@ -276,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     _log("in-process engine (the core without gRPC)")
     data["engine"] = measure_engine(repository, NAME, (1, 64), seconds=min(2.0, args.duration))
     chosen = [s for s in scenarios(tuple(args.positions)) if not args.only or s.key in args.only]
-    echo = start_echo(work)
+    manifest = load_manifest(repository / NAME / MANIFEST_FILENAME)
+    echo = start_echo(work, logits=math.prod(manifest.outputs[0].shape))
     rnnserve, metrics = start_rnnserve(work, repository, NAME, **SERVER_SETTINGS)
     try:
         data["scenarios"] = run_scenarios(

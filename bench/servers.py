@@ -77,10 +77,11 @@ class ServerProcess:
         self._log.close()
 
 
-def start_echo(log_dir: Path) -> ServerProcess:
-    """The trivial echo server (transport floor)."""
+def start_echo(log_dir: Path, logits: int) -> ServerProcess:
+    """The trivial echo server (transport floor), replying `logits` float32 per step."""
     port = free_port()
-    command = [sys.executable, "-m", "rnnserve.client.load.echo", "--port", str(port)]
+    command = [sys.executable, "-m", "rnnserve.client.load.echo", "--port", str(port),
+               "--logits", str(logits)]  # fmt: skip
     return ServerProcess("echo", command, port, log_dir / "echo.log")
 
 

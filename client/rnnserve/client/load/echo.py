@@ -171,17 +171,19 @@ class EchoService(pb_grpc.InferenceServiceServicer):
         return pb.GetModelResponse(model=self._model(request.model.name or "echo"))
 
 
-async def start_echo_server(host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.aio.Server, int]:
-    """Start the echo server; returns it and the port it bound."""
+async def start_echo_server(
+    host: str = "127.0.0.1", port: int = 0, logits: int = LOGITS
+) -> tuple[grpc.aio.Server, int]:
+    """Start the echo server (replies of `logits` float32 per step); returns it and its port."""
     server = grpc.aio.server()
-    pb_grpc.add_InferenceServiceServicer_to_server(EchoService(), server)
+    pb_grpc.add_InferenceServiceServicer_to_server(EchoService(logits), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     return server, bound
 
 
-async def _serve(host: str, port: int) -> None:
-    server, bound = await start_echo_server(host, port)
+async def _serve(host: str, port: int, logits: int) -> None:
+    server, bound = await start_echo_server(host, port, logits)
     print(f"echo server listening on {host}:{bound}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -197,8 +199,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50052)
+    parser.add_argument(
+        "--logits", type=int, default=LOGITS, help=f"float32 values per step reply ({LOGITS})"
+    )
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.host, args.port))
+    asyncio.run(_serve(args.host, args.port, args.logits))
 
 
 if __name__ == "__main__":
