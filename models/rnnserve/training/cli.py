@@ -72,7 +72,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_experiments(args: argparse.Namespace) -> int:
     from rnnserve.training.experiments.long_range import run_all
 
-    run_all(Path(args.output), quick=args.quick)
+    run_all(Path(args.output), quick=args.quick, only=args.only)
     return 0
 
 
@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     experiments.add_argument("--output", default="models/docs")
     experiments.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    experiments.add_argument("--only", choices=["adding", "clipping"], help="rerun just one")
     experiments.set_defaults(func=_cmd_experiments)
 
     report = sub.add_parser("report", help="training curves (PNG) and the results table")
