@@ -6,6 +6,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+_SERVERS = (
+    ("echo", "tab:gray", "echo (transport floor)"),
+    ("transport", "tab:orange", "rnnserve transport, no-op engine"),
+    ("rnnserve", "tab:blue", "rnnserve"),
+)
 BEGIN = "<!-- bench:results:begin (written by bench/run.py; edit outside these markers) -->"
 END = "<!-- bench:results:end -->"
 
@@ -87,7 +92,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         echo = servers.get("echo")
         for name, r in servers.items():
             ratio = ""
-            if name == "rnnserve" and echo:
+            if name != "echo" and echo:
                 ratio = f"{r['steps_per_s'] / max(echo['steps_per_s'], 1e-9):.2f}"
             rows.append([
                 entry["title"], name, f"{r['steps_per_s']:,.0f}", f"{r['messages_per_s']:,.0f}",
@@ -213,8 +218,9 @@ def render_plots(data: dict[str, Any], folder: Path) -> None:
 
     if levels:
         fig, ax = plt.subplots(figsize=(7, 4))
-        for name, colour in (("echo", "tab:gray"), ("rnnserve", "tab:blue")):
-            ax.plot(levels, series(name, "steps_per_s"), marker="o", color=colour, label=name)
+        for name, colour, label in _SERVERS:
+            if name in runs[f"stream-c{levels[0]}"]["servers"]:
+                ax.plot(levels, series(name, "steps_per_s"), marker="o", color=colour, label=label)
         batched = min(floors["step"], key=lambda batch: floors["step"][batch]["per_token_s"])
         ax.axhline(1 / floors["step"][batched]["per_token_s"], color="tab:green", linestyle="--",
                    label=f"onnxruntime in-process, batch {batched}")  # fmt: skip

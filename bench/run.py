@@ -30,7 +30,7 @@ from rnnserve.client.load import LoadConfig, LoadResult, run_load
 from rnnserve.client.load.plot import plot_result
 from rnnserve.server.manifest import MANIFEST_FILENAME, load_manifest
 from scenarios import LONG, Scenario, scenarios
-from servers import ServerProcess, start_echo, start_rnnserve
+from servers import ServerProcess, start_echo, start_rnnserve, start_transport_only
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -155,7 +155,7 @@ def run_scenarios(
                 record = _record(result, server.cpu_seconds() - cpu)
                 runs[(scenario.key, name)].append(record)
                 _log(
-                    f"{scenario.key:<14} {name:<8} #{repeat + 1}: {record['steps_per_s']:>9,.0f}"
+                    f"{scenario.key:<14} {name:<9} #{repeat + 1}: {record['steps_per_s']:>9,.0f}"
                     f" steps/s  p50 {record['p50_s'] * 1e3:7.3f} ms  p99"
                     f" {record['p99_s'] * 1e3:7.3f} ms  errors {record['errors']}"
                     f"  server CPU {record['server_cpu_per_step_s'] * 1e6:6.1f} us/step"
@@ -279,12 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     data["engine"] = measure_engine(repository, NAME, (1, 64), seconds=min(2.0, args.duration))
     chosen = [s for s in scenarios(tuple(args.positions)) if not args.only or s.key in args.only]
     manifest = load_manifest(repository / NAME / MANIFEST_FILENAME)
-    echo = start_echo(work, logits=math.prod(manifest.outputs[0].shape))
+    logits = math.prod(manifest.outputs[0].shape)
+    echo = start_echo(work, logits=logits)
+    transport = start_transport_only(work, logits=logits)
     rnnserve, metrics = start_rnnserve(work, repository, NAME, **SERVER_SETTINGS)
     try:
         data["scenarios"] = run_scenarios(
             chosen,
-            {"echo": echo, "rnnserve": rnnserve},
+            {"echo": echo, "transport": transport, "rnnserve": rnnserve},
             metrics,
             duration_s=args.duration,
             repeats=args.repeats,
@@ -294,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         data["rss_after_scenarios_bytes"] = rnnserve.rss_bytes()
     finally:
         echo.stop()
+        transport.stop()
         rnnserve.stop()
     if not args.skip_memory:
         _log(f"memory: {args.memory_sessions:,} idle sessions on a fresh server")

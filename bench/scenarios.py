@@ -24,7 +24,8 @@ class Scenario:
 
 def scenarios(positions: tuple[int, ...]) -> list[Scenario]:
     """Every scenario, in run order."""
-    both = ("echo", "rnnserve")
+    # "transport": rnnserve's gRPC layer over a no-op engine, between the echo floor and rnnserve.
+    both = ("echo", "transport", "rnnserve")
     items = [
         Scenario(
             f"stream-c{c}", f"Stream, {c} concurrent", both, {"mode": "stream", "concurrency": c}

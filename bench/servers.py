@@ -85,6 +85,14 @@ def start_echo(log_dir: Path, logits: int) -> ServerProcess:
     return ServerProcess("echo", command, port, log_dir / "echo.log")
 
 
+def start_transport_only(log_dir: Path, logits: int) -> ServerProcess:
+    """rnnserve's gRPC transport over a no-op engine (bench/transport_only.py)."""
+    port = free_port()
+    script = Path(__file__).with_name("transport_only.py")
+    command = [sys.executable, str(script), "--port", str(port), "--logits", str(logits)]
+    return ServerProcess("transport", command, port, log_dir / "transport.log")
+
+
 def start_rnnserve(
     log_dir: Path, repository: Path, model: str, **settings: str
 ) -> tuple[ServerProcess, str]:
