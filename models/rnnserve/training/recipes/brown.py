@@ -69,7 +69,11 @@ def build(config: RunConfig) -> Recipe:
         bidirectional=True,
         dropout=net.get("dropout", 0.0),
     )
-    task = TaggerTask(splits, config.training.batch_size)
+    task = TaggerTask(
+        splits,
+        config.training.batch_size,
+        word_dropout=float(config.dataset_options.get("word_dropout", 0.0)),
+    )
 
     def finish(model: nn.Module) -> tuple[dict[str, float], dict[str, str]]:
         metrics = {"test_token_accuracy": task.evaluate(model, "test")["token_accuracy"]}

@@ -103,10 +103,16 @@ class TaggerTask:
     higher_is_better = True
 
     def __init__(
-        self, splits: dict[str, tuple[list[list[int]], list[list[int]]]], batch_size: int
+        self,
+        splits: dict[str, tuple[list[list[int]], list[list[int]]]],
+        batch_size: int,
+        word_dropout: float = 0.0,
     ) -> None:
         self.splits = splits
         self.batches = _Batches(len(splits["train"][0]), batch_size)
+        # replacing random training words by <unk> (id 0) teaches the tagger to read the context,
+        # which is all it has for words it never saw
+        self.word_dropout = word_dropout
 
     def state_dict(self) -> dict[str, Any]:
         return self.batches.state_dict()
@@ -119,6 +125,9 @@ class TaggerTask:
         words, tags = self.splits["train"]
         picked = self.batches.next(rng)
         ids, lengths = pad([words[i] for i in picked])
+        if self.word_dropout > 0:
+            drop = torch.from_numpy(rng.random(tuple(ids.shape)) < self.word_dropout)
+            ids = ids.masked_fill(drop, 0)
         target, _ = pad([tags[i] for i in picked])
         mask = torch.arange(ids.shape[1]).view(1, -1) < lengths.view(-1, 1)
         # packing makes the backward direction start at each sentence's real end
