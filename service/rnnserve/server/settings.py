@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         default=4096,
         gt=0,
-        description="Most steps waiting per model; beyond it RESOURCE_EXHAUSTED.",
+        description="Most messages waiting per model version; beyond it RESOURCE_EXHAUSTED.",
     )
     intra_op_threads: int = Field(
         default=1,
@@ -56,5 +56,7 @@ class Settings(BaseSettings):
         default=None, description="If set, snapshots are HMAC-SHA256 signed and verified with it."
     )
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="Drain time on SIGTERM.")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Least severe log level written."
+    )
     log_json: bool = Field(default=False, description="Structured JSON logs, one object per line.")
