@@ -199,7 +199,7 @@ class BatchScheduler:
         if len(self._queue) >= self.max_queue:
             retry = self._call_seconds * (len(self._queue) / self.max_batch_size + 1)
             raise Overloaded(
-                f"model {self.model.key} has {len(self._queue)} steps queued (max_queue "
+                f"model {self.model.key} has {len(self._queue)} messages queued (max_queue "
                 f"{self.max_queue}); retry shortly",
                 retry_after_s=max(0.005, retry),
             )
