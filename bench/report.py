@@ -40,7 +40,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     lines = [
         f"Run {data['started_at']}, model `{data['model']['name']}` ({data['model']['origin']}),"
         f" {settings['repeats']} repetition(s) of {settings['duration_s']:g} s per timed row;"
-        " medians; echo and rnnserve alternate repetition by repetition.",
+        " medians; the servers alternate repetition by repetition.",
         "",
         "### Targets",
         "",
@@ -237,11 +237,13 @@ def render_plots(data: dict[str, Any], folder: Path) -> None:
         plt.close(fig)
 
         fig, ax = plt.subplots(figsize=(7, 4))
-        for name, colour in (("echo", "tab:gray"), ("rnnserve", "tab:blue")):
+        for name, colour, label in _SERVERS:
+            if name not in runs[f"stream-c{levels[0]}"]["servers"]:
+                continue
             ax.plot(levels, [v * 1e3 for v in series(name, "p50_s")], marker="o", color=colour,
-                    label=f"{name} p50")  # fmt: skip
+                    label=f"{label} p50")  # fmt: skip
             ax.plot(levels, [v * 1e3 for v in series(name, "p99_s")], marker="x", color=colour,
-                    linestyle="--", label=f"{name} p99")  # fmt: skip
+                    linestyle="--", label=f"{label} p99")  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("concurrent streams")
