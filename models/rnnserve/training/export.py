@@ -32,6 +32,11 @@ class ExportWrapper(nn.Module):
     feeds raw values and gets raw values back.
     """
 
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
+    output_mean: torch.Tensor
+    output_std: torch.Tensor
+
     def __init__(
         self,
         net: RecurrentNet,
@@ -108,7 +113,7 @@ def export_onnx(wrapper: ExportWrapper, path: Path, output_meaning: str, opset: 
         # the exporter warns about variable batch unless h0/c0 are graph inputs; here they are
         warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size")
         # the tracer's notes on shape checks inside nn.RNNBase; the axes are checked below instead
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined]
         # deliberate: the TorchScript exporter is the one that keeps RNN ops and dynamic time
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(

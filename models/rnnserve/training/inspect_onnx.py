@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -184,6 +184,7 @@ def propose_manifest(path: Path, name: str | None = None) -> tuple[ModelManifest
             )
         trailing = [int(d) for d in shape[2:]]
         lowered = out_name.lower()
+        meaning: Literal["logits", "value"]
         if "logit" in lowered or "score" in lowered:
             meaning = "logits"
         elif trailing in ([], [1]) or any(w in lowered for w in ("value", "pred", "forecast")):

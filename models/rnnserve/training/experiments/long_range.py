@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from rnnserve.training.datasets import shakespeare
 from rnnserve.training.experiments.adding import adding_batch
-from rnnserve.training.model import NetworkSpec, RecurrentNet, detach_state
+from rnnserve.training.model import CellName, NetworkSpec, RecurrentNet, detach_state
 from rnnserve.training.tasks.language_model import as_streams, encode
 from torch import nn
 from torch.nn import functional
@@ -33,12 +33,12 @@ class AddingSettings:
     seed: int = 0
 
 
-def run_adding(cell: str, settings: AddingSettings) -> dict[str, object]:
+def run_adding(cell: CellName, settings: AddingSettings) -> dict[str, object]:
     """Train one cell on the adding problem; returns the test-MSE curve and the final MSE."""
     torch.manual_seed(settings.seed)
     model = RecurrentNet(
         NetworkSpec(cell=cell, layers=1, hidden_size=settings.hidden, input_width=2, output_size=1)
-    )  # type: ignore[arg-type]
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     train_gen = torch.Generator().manual_seed(settings.seed + 1)
     test_x, test_y = adding_batch(1000, settings.length, torch.Generator().manual_seed(12345))
@@ -140,7 +140,8 @@ def _plot_adding(results: list[dict[str, object]], path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(6, 3.6))
     for result in results:
-        steps, mse = zip(*result["curve"], strict=True)  # type: ignore[call-overload]
+        curve: list[tuple[int, float]] = result["curve"]  # type: ignore[assignment]
+        steps, mse = zip(*curve, strict=True)
         axis.plot(
             steps, mse, label=str(result["cell"]).upper() if result["cell"] != "rnn" else "tanh RNN"
         )
@@ -203,7 +204,8 @@ def run_all(output: Path, quick: bool = False, only: str | None = None) -> dict[
             if quick
             else AddingSettings()
         )
-        adding_results = [run_adding(cell, adding) for cell in ("lstm", "gru", "rnn")]
+        cells: tuple[CellName, ...] = ("lstm", "gru", "rnn")
+        adding_results = [run_adding(cell, adding) for cell in cells]
         _plot_adding(adding_results, output / "adding-problem.png")
         summary["adding"] = {
             "settings": adding.__dict__,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 from rnnserve.training.config import RunConfig
 from rnnserve.training.datasets import births
@@ -16,7 +18,7 @@ VALIDATION_YEARS = (2011, 2012)
 TEST_YEARS = (2013, 2014)
 
 
-def _year_range(dates: list, years: tuple[int, int]) -> tuple[int, int]:
+def _year_range(dates: list[dt.date], years: tuple[int, int]) -> tuple[int, int]:
     # step t forecasts day t+1, so select steps by the year of dates[t + 1]
     steps = [t for t in range(len(dates) - 1) if years[0] <= dates[t + 1].year <= years[1]]
     return steps[0], steps[-1] + 1
