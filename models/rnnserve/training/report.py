@@ -24,7 +24,8 @@ def _records(root: Path) -> dict[str, dict[str, Any]]:
     records = {}
     for path in sorted(root.glob(f"*/{RESULT_FILE}")):
         record = json.loads(path.read_text(encoding="utf-8"))
-        records[record["name"]] = record
+        if record["name"] == path.parent.name:  # skip copies kept under other names
+            records[record["name"]] = record
     return records
 
 
@@ -41,7 +42,8 @@ def plot_curves(records: dict[str, dict[str, Any]], output: Path) -> list[Path]:
         if not history:
             continue
         metric = next(k for k in history[0] if k.startswith("val_") and k != "val_loss")
-        minutes = [h["cpu_seconds_per_thread"] / 60 for h in history]
+        # runs from before the CPU budget logged wall seconds only (and the trainer charged those)
+        minutes = [h.get("cpu_seconds_per_thread", h["seconds"]) / 60 for h in history]
         figure, axis = plt.subplots(figsize=(6, 3.4))
         axis.plot(minutes, [h["train_loss"] for h in history], marker="o", label="train loss")
         axis.set_xlabel("CPU minutes (1 thread)")
@@ -71,7 +73,11 @@ def lm_comparison(records: dict[str, dict[str, Any]]) -> list[str]:
         value = record["metrics"]["val_nats_per_char"]
         line = f"{name}: val {value:.3f} nats/char after {budget / 60:.1f} CPU min"
         if lstm is not None and name != "char-lstm":
-            earlier = [h for h in lstm["history"] if h["cpu_seconds_per_thread"] <= budget]
+            earlier = [
+                h
+                for h in lstm["history"]
+                if h.get("cpu_seconds_per_thread", h["seconds"]) <= budget
+            ]
             if earlier:
                 line += (
                     f"; char-lstm had {min(h['val_nats_per_char'] for h in earlier):.3f} by then"
