@@ -24,7 +24,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from rnnserve.training.runs import run_config
 
     config = load_config(args.config)
-    _, record = run_config(config, progress_bar=not args.no_progress)
+    record = run_config(config, progress_bar=not args.no_progress, retrain=args.retrain)
     print(
         json.dumps(
             {k: record[k] for k in ("name", "metrics", "training_seconds", "steps")}, indent=2
@@ -52,7 +52,7 @@ def _cmd_build_repository(args: argparse.Namespace) -> int:
     for path in paths:
         config = load_config(path)
         if not args.export_only:
-            run_config(config, progress_bar=not args.no_progress)
+            run_config(config, progress_bar=not args.no_progress, retrain=args.retrain)
         print(f"wrote {publish_run(config, Path(args.output), version=1)}")
     return 0
 
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one model from its config (resumes a checkpoint)")
     train.add_argument("config", help="config file, or a shipped model name such as char-lstm")
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--retrain", action="store_true", help="discard a finished run, start over")
     train.set_defaults(func=_cmd_train)
 
     export = sub.add_parser(
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--configs", nargs="*", help="config files (default: models/configs/*.json)")
     build.add_argument("--export-only", action="store_true", help="reuse finished runs")
     build.add_argument("--no-progress", action="store_true")
+    build.add_argument("--retrain", action="store_true", help="retrain even finished runs")
     build.set_defaults(func=_cmd_build_repository)
 
     inspect = sub.add_parser(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 from rnnserve.training.config import RunConfig
-from rnnserve.training.recipe import Recipe, build_network, build_recipe
+from rnnserve.training.recipe import build_network, build_recipe
 from rnnserve.training.trainer import train
 
 RESULT_FILE = "result.json"
@@ -23,11 +24,30 @@ def runs_dir() -> Path:
     return Path.cwd() / ".cache" / "runs"
 
 
+def finished_record(config: RunConfig, folder: Path) -> dict[str, Any] | None:
+    """The result of a finished run of exactly this config in `folder`, if there is one."""
+    path = folder / RESULT_FILE
+    if not path.exists() or not (folder / WEIGHTS_FILE).exists():
+        return None
+    record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    same = record.get("config") == json.loads(json.dumps(config.to_dict()))
+    return record if same else None
+
+
 def run_config(
-    config: RunConfig, root: Path | None = None, progress_bar: bool = True
-) -> tuple[Recipe, dict[str, Any]]:
-    """Train `config` (resuming its checkpoint), evaluate, and write model.pt and result.json."""
+    config: RunConfig, root: Path | None = None, progress_bar: bool = True, retrain: bool = False
+) -> dict[str, Any]:
+    """Train `config` (resuming its checkpoint), evaluate, and write model.pt and result.json.
+
+    A finished run of the same config is reused as it is (its record is returned) unless
+    `retrain`, which starts again from scratch.
+    """
     folder = (root or runs_dir()) / config.name
+    if retrain and folder.exists():
+        shutil.rmtree(folder)
+    record = finished_record(config, folder)
+    if record is not None:
+        return record
     folder.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.training.threads)
     torch.manual_seed(config.training.seed)
@@ -47,7 +67,7 @@ def run_config(
     if recipe.finish is not None:
         extra_metrics, notes = recipe.finish(model)
         metrics.update(extra_metrics)
-    record: dict[str, Any] = {
+    record = {
         "name": config.name,
         "config": config.to_dict(),
         "spec": asdict(recipe.spec),
@@ -64,4 +84,4 @@ def run_config(
     }
     torch.save({"spec": asdict(recipe.spec), "model": model.state_dict()}, folder / WEIGHTS_FILE)
     (folder / RESULT_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return recipe, record
+    return record

@@ -63,8 +63,12 @@ def test_train_then_build_repository_writes_a_servable_model(
     path = tmp_path / "tiny-gru.json"
     path.write_text(json.dumps(config))
     assert main(["train", str(path), "--no-progress"]) == 0
-    record = json.loads((tmp_path / ".cache/runs/tiny-gru/result.json").read_text())
+    result = tmp_path / ".cache/runs/tiny-gru/result.json"
+    record = json.loads(result.read_text())
     assert record["steps"] == 40 and record["metrics"]["val_nats_per_char"] < 2.0
+    written = result.stat().st_mtime_ns
+    assert main(["train", str(path), "--no-progress"]) == 0  # a finished run is reused
+    assert result.stat().st_mtime_ns == written
 
     repository = tmp_path / "repository"
     assert (
