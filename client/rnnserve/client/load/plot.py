@@ -35,6 +35,7 @@ def plot_result(result: LoadResult, path: Path) -> Path:
                     ha="right",
                     va="top",
                     fontsize=8,
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
                 )
     left.set_xlabel("latency per message (ms, clipped at p99.9)")
     left.set_ylabel("messages")
