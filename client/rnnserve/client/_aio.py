@@ -24,23 +24,26 @@ from rnnserve.client._codec import (
     decode_model,
     decode_result,
     decode_session,
-    decode_token,
     encode_input,
     encode_options,
     generate_request,
     output_options,
 )
 from rnnserve.client._errors import (
-    InvalidArgument,
     NotFound,
     RnnServeError,
     convert_rpc_error,
-    from_stream_error,
 )
 from rnnserve.client._retry import RetryPolicy
 from rnnserve.client._session import UNCERTAIN_CODES
+from rnnserve.client._stream_core import (
+    CALL_DONE,
+    END,
+    RAISED,
+    GenerationCore,
+    OutputStreamCore,
+)
 from rnnserve.client._types import (
-    FinishReason,
     GeneratedToken,
     InputLike,
     ModelInfo,
@@ -54,14 +57,8 @@ from rnnserve.client._vocabulary import Vocabulary
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc
 
-_SENT = "sent"
-_LOCAL_ERROR = "local"
-_RAISED = "raised"
-_END = "end"
-_CALL_DONE = "call-done"  # the call ended: a reader waiting for a slow input must not hang
 
-
-class AsyncOutputStream(AsyncIterator[StepOutput]):
+class AsyncOutputStream(OutputStreamCore, AsyncIterator[StepOutput]):
     """The asyncio :class:`~rnnserve.client.OutputStream`: ``async for`` gives one output per
     input; a refused input raises its error from ``__anext__`` and the stream carries on
     (:meth:`results` yields errors in place instead)."""
@@ -75,22 +72,12 @@ class AsyncOutputStream(AsyncIterator[StepOutput]):
         vocabulary: Vocabulary | None,
         on_output: Callable[[StepOutput | None], None] = lambda _: None,
     ) -> None:
+        super().__init__(open_request, options, vocabulary, on_output)
         self._start = start
-        self._open_request = open_request
         self._inputs = inputs
-        self._options = encode_options(options)
-        self._vocabulary = vocabulary
-        self._on_output = on_output
         self._pending: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._call: Any = None
         self._writer: asyncio.Task[None] | None = None
-        self._session: SessionInfo | None = None
-        self._finished = False
-
-    @property
-    def session(self) -> SessionInfo | None:
-        """The session as described when the stream opened (after the first output)."""
-        return self._session
 
     async def _items(self) -> AsyncIterator[InputLike]:
         if isinstance(self._inputs, AsyncIterable):
@@ -105,72 +92,53 @@ class AsyncOutputStream(AsyncIterator[StepOutput]):
             await self._call.write(self._open_request)
             index = 0
             async for item in self._items():
-                try:
-                    step = encode_input(item, self._vocabulary)
-                except (TypeError, ValueError) as error:
-                    self._pending.put_nowait((_LOCAL_ERROR, error))
-                    continue
-                self._pending.put_nowait((_SENT, None))
-                request = pb.StreamRequest(request_id=str(index), step=step, output=self._options)
-                index += 1
-                await self._call.write(request)
+                kind, value, request = self._input_request(item, index)
+                self._pending.put_nowait((kind, value))
+                if request is not None:
+                    index += 1
+                    await self._call.write(request)
             await self._call.done_writing()
         except asyncio.CancelledError:
             raise
         except grpc.RpcError:
             pass  # the call failed; the reader reports its status
         except Exception as error:  # the caller's iterable failed: hand it to the reader
-            self._pending.put_nowait((_RAISED, error))
+            self._pending.put_nowait((RAISED, error))
             await self._call.done_writing()
         finally:
-            self._pending.put_nowait((_END, None))
+            self._pending.put_nowait((END, None))
 
     async def _read(self) -> pb.StreamResponse:
         try:
             response = await self._call.read()
         except grpc.RpcError as error:
-            self._finish()
-            self._on_output(None)
+            self._call_failed()
             raise convert_rpc_error(error) from None
         if response is grpc.aio.EOF:
-            self._finish()
+            self._finished = True
             raise RnnServeError("the server ended the stream early", code=grpc.StatusCode.INTERNAL)
         return response  # type: ignore[no-any-return]
-
-    def _finish(self) -> None:
-        self._finished = True
 
     async def __anext__(self) -> StepOutput:
         if self._finished:
             raise StopAsyncIteration
         if self._call is None:
             self._call = self._start()
-            self._call.add_done_callback(lambda _: self._pending.put_nowait((_CALL_DONE, None)))
+            self._call.add_done_callback(lambda _: self._pending.put_nowait((CALL_DONE, None)))
             self._writer = asyncio.ensure_future(self._write())
         if self._session is None:
             response = await self._read()
             if response.HasField("error"):
                 self.cancel()
-                raise from_stream_error(response.error)
-            self._session = decode_session(response.session)
+            self._opened(response)
         kind, value = await self._pending.get()
-        while kind == _CALL_DONE:
+        while kind == CALL_DONE:
             if self._pending.empty():
                 await self._read()  # nothing more will come: raises how the call ended
             kind, value = await self._pending.get()
-        if kind == _END:
-            self._finish()
+        if self._ended(kind, value):
             raise StopAsyncIteration
-        if kind == _LOCAL_ERROR:
-            raise InvalidArgument(str(value)) from value
-        if kind == _RAISED:
-            raise value
-        response = await self._read()
-        if response.HasField("error"):
-            raise from_stream_error(response.error)
-        output = decode_result(response.result)
-        self._on_output(output)
-        return output
+        return self._output(await self._read())
 
     async def results(self) -> AsyncIterator[StepOutput | RnnServeError]:
         """Iterate the outputs, yielding each refused input's error in place of its output."""
@@ -186,7 +154,7 @@ class AsyncOutputStream(AsyncIterator[StepOutput]):
 
     def cancel(self) -> None:
         """Cancel the call; the session stays open on the server."""
-        self._finish()
+        self._finished = True
         if self._writer is not None:
             self._writer.cancel()
         if self._call is not None:
@@ -200,7 +168,7 @@ class AsyncOutputStream(AsyncIterator[StepOutput]):
             self.cancel()
 
 
-class AsyncGeneration(AsyncIterator[str]):
+class AsyncGeneration(GenerationCore, AsyncIterator[str]):
     """The asyncio :class:`~rnnserve.client.Generation`: ``async for`` gives text pieces as the
     server produces them; ``tokens``, ``text``, ``finish_reason`` and ``session_id`` as there."""
 
@@ -209,31 +177,9 @@ class AsyncGeneration(AsyncIterator[str]):
         start: Callable[[], Awaitable[Any]],
         on_finish: Callable[[GeneratedToken | None], None] = lambda _: None,
     ) -> None:
+        super().__init__(on_finish)
         self._start = start
-        self._on_finish = on_finish
         self._call: Any = None
-        self._finished = False
-        self.tokens: list[GeneratedToken] = []
-
-    @property
-    def text(self) -> str:
-        """The text generated so far."""
-        return "".join(token.text for token in self.tokens)
-
-    @property
-    def token_ids(self) -> list[int]:
-        """The token ids generated so far."""
-        return [token.token_id for token in self.tokens]
-
-    @property
-    def finish_reason(self) -> FinishReason | None:
-        """Why generation ended (``None`` while it runs or if it was cancelled)."""
-        return self.tokens[-1].finish_reason if self.tokens else None
-
-    @property
-    def session_id(self) -> str | None:
-        """The session generation runs on (known after the first token)."""
-        return self.tokens[0].session_id if self.tokens else None
 
     async def __anext__(self) -> str:
         if self._finished:
@@ -246,16 +192,9 @@ class AsyncGeneration(AsyncIterator[str]):
             self._finish(None)
             raise convert_rpc_error(error) from None
         if response is grpc.aio.EOF:
-            self._finish(self.tokens[-1] if self.tokens else None)
+            self._ended()
             raise StopAsyncIteration
-        token = decode_token(response)
-        self.tokens.append(token)
-        return token.text
-
-    def _finish(self, last: GeneratedToken | None) -> None:
-        if not self._finished:
-            self._finished = True
-            self._on_finish(last if last is not None and last.finish_reason else None)
+        return self._token(response)
 
     async def read(self) -> str:
         """Consume the rest of the generation and return the whole text."""

@@ -8,20 +8,15 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from rnnserve.client._codec import (
-    decode_result,
-    decode_session,
-    encode_input,
-    encode_options,
-    output_options,
-)
-from rnnserve.client._errors import RnnServeError, convert_rpc_error, from_stream_error
+from rnnserve.client._codec import decode_session
+from rnnserve.client._errors import RnnServeError, convert_rpc_error
+from rnnserve.client._stream_core import SessionStreamCore
 from rnnserve.client._types import InputLike, OutputFormat, OutputSteps, SessionInfo, StepOutput
 from rnnserve.client._vocabulary import Vocabulary
 from rnnserve.v1 import rnnserve_pb2 as pb
 
 
-class AsyncSessionStream:
+class AsyncSessionStream(SessionStreamCore):
     """The asyncio :class:`~rnnserve.client.SessionStream`: ``await stream.feed(x)`` sends one
     message over the open call and returns its outputs. Get one with
     ``async with session.open_stream() as stream:``."""
@@ -33,13 +28,10 @@ class AsyncSessionStream:
         vocabulary: Vocabulary | None,
         on_step_count: Callable[[int | None], None] = lambda _: None,
     ) -> None:
+        super().__init__(vocabulary, on_step_count)
         self._start = start
         self._session_id = session_id
-        self._vocabulary = vocabulary
-        self._on_step_count = on_step_count
         self._call: Any = None
-        self._counter = 0
-        self._closed = False
         self.session: SessionInfo | None = None
         """The session as the server last described it (on open and reset)."""
 
@@ -60,10 +52,8 @@ class AsyncSessionStream:
     async def _exchange(self, request: pb.StreamRequest) -> pb.StreamResponse:
         if self._closed or self._call is None:
             raise RnnServeError("the stream is not open", code=grpc.StatusCode.CANCELLED)
-        self._counter += 1
-        request.request_id = str(self._counter)
         try:
-            await self._call.write(request)
+            await self._call.write(self._numbered(request))
             response = await self._call.read()
         except grpc.RpcError as error:
             self._closed = True
@@ -72,9 +62,7 @@ class AsyncSessionStream:
         if response is grpc.aio.EOF:
             self._closed = True
             raise RnnServeError("the server ended the stream", code=grpc.StatusCode.UNAVAILABLE)
-        if response.HasField("error"):
-            raise from_stream_error(response.error)
-        return response  # type: ignore[no-any-return]
+        return self._checked(response)
 
     async def feed(
         self,
@@ -85,18 +73,13 @@ class AsyncSessionStream:
         top_k: int = 5,
     ) -> StepOutput:
         """Send one message of input and return its outputs."""
-        options = encode_options(output_options(output, steps, top_k))
-        step = encode_input(data, self._vocabulary)
-        response = await self._exchange(pb.StreamRequest(step=step, output=options))
-        result = decode_result(response.result)
-        self._on_step_count(result.step_count)
-        return result
+        return self._fed(await self._exchange(self._step_request(data, output, steps, top_k)))
 
     async def reset(self) -> SessionInfo:
         """Set the session's state back to the model's initial state."""
-        response = await self._exchange(pb.StreamRequest(control=pb.CONTROL_ACTION_RESET))
-        self.session = decode_session(response.session)
-        self._on_step_count(self.session.step_count)
+        self.session = self._was_reset(
+            await self._exchange(pb.StreamRequest(control=pb.CONTROL_ACTION_RESET))
+        )
         return self.session
 
     async def snapshot(self) -> bytes:

@@ -7,28 +7,17 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
-from rnnserve.client._codec import (
-    decode_result,
-    decode_session,
-    encode_input,
-    encode_options,
-    output_options,
-)
-from rnnserve.client._errors import RnnServeError, convert_rpc_error, from_stream_error
-from rnnserve.client._types import (
-    InputLike,
-    OutputFormat,
-    OutputSteps,
-    SessionInfo,
-    StepOutput,
-)
+from rnnserve.client._codec import decode_session
+from rnnserve.client._errors import RnnServeError, convert_rpc_error
+from rnnserve.client._stream_core import SessionStreamCore
+from rnnserve.client._types import InputLike, OutputFormat, OutputSteps, SessionInfo, StepOutput
 from rnnserve.client._vocabulary import Vocabulary
 from rnnserve.v1 import rnnserve_pb2 as pb
 
 _CLOSE = None  # put on the request queue to half-close the call
 
 
-class SessionStream:
+class SessionStream(SessionStreamCore):
     """A session's open ``Stream`` call used one message at a time: :meth:`feed` sends an input
     and waits for its reply, so each output can decide the next input.
 
@@ -44,11 +33,8 @@ class SessionStream:
         vocabulary: Vocabulary | None,
         on_step_count: Callable[[int | None], None] = lambda _: None,
     ) -> None:
-        self._vocabulary = vocabulary
-        self._on_step_count = on_step_count
+        super().__init__(vocabulary, on_step_count)
         self._requests: queue.Queue[pb.StreamRequest | None] = queue.Queue()
-        self._counter = 0
-        self._closed = False
         self._call: Any = start(self._request_iterator())
         open_request = pb.StreamRequest(open=pb.OpenSession(session_id=session_id))
         try:
@@ -67,9 +53,7 @@ class SessionStream:
     def _exchange(self, request: pb.StreamRequest) -> pb.StreamResponse:
         if self._closed:
             raise RnnServeError("the stream is closed", code=grpc.StatusCode.CANCELLED)
-        self._counter += 1
-        request.request_id = str(self._counter)
-        self._requests.put(request)
+        self._requests.put(self._numbered(request))
         try:
             response: pb.StreamResponse = next(self._call)
         except StopIteration:
@@ -81,9 +65,7 @@ class SessionStream:
             self._finish()
             self._on_step_count(None)  # a step may or may not have run
             raise convert_rpc_error(error) from None
-        if response.HasField("error"):
-            raise from_stream_error(response.error)
-        return response
+        return self._checked(response)
 
     def feed(
         self,
@@ -94,18 +76,13 @@ class SessionStream:
         top_k: int = 5,
     ) -> StepOutput:
         """Send one message of input and return its outputs (see :meth:`Session.feed`)."""
-        options = encode_options(output_options(output, steps, top_k))
-        step = encode_input(data, self._vocabulary)
-        response = self._exchange(pb.StreamRequest(step=step, output=options))
-        result = decode_result(response.result)
-        self._on_step_count(result.step_count)
-        return result
+        return self._fed(self._exchange(self._step_request(data, output, steps, top_k)))
 
     def reset(self) -> SessionInfo:
         """Set the session's state back to the model's initial state."""
-        response = self._exchange(pb.StreamRequest(control=pb.CONTROL_ACTION_RESET))
-        self.session = decode_session(response.session)
-        self._on_step_count(self.session.step_count)
+        self.session = self._was_reset(
+            self._exchange(pb.StreamRequest(control=pb.CONTROL_ACTION_RESET))
+        )
         return self.session
 
     def snapshot(self) -> bytes:

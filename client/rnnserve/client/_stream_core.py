@@ -1,0 +1,184 @@
+"""What the sync and asyncio stream iterators share: request building and reply decoding, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rnnserve.client._codec import (
+    decode_result,
+    decode_session,
+    decode_token,
+    encode_input,
+    encode_options,
+    output_options,
+)
+from rnnserve.client._errors import InvalidArgument, from_stream_error
+from rnnserve.client._types import (
+    FinishReason,
+    GeneratedToken,
+    InputLike,
+    OutputFormat,
+    OutputOptions,
+    OutputSteps,
+    SessionInfo,
+    StepOutput,
+)
+from rnnserve.client._vocabulary import Vocabulary
+from rnnserve.v1 import rnnserve_pb2 as pb
+
+# What the writer tells the reader about each input, in order: a request went out, the input
+# could not be encoded (its error), or the caller's iterable raised (re-raised as is).
+SENT = "sent"
+LOCAL_ERROR = "local"
+RAISED = "raised"
+END = "end"
+# The call ended (any status); lets a reader waiting for a slow input learn that the call died.
+CALL_DONE = "call-done"
+
+
+class OutputStreamCore:
+    """The I/O-free half of :class:`OutputStream` and :class:`AsyncOutputStream`."""
+
+    def __init__(
+        self,
+        open_request: pb.StreamRequest,
+        options: OutputOptions,
+        vocabulary: Vocabulary | None,
+        on_output: Callable[[StepOutput | None], None],
+    ) -> None:
+        self._open_request = open_request
+        self._options = encode_options(options)
+        self._vocabulary = vocabulary
+        self._on_output = on_output
+        self._session: SessionInfo | None = None
+        self._finished = False
+
+    @property
+    def session(self) -> SessionInfo | None:
+        """The session as the server described it when the stream opened (after the first
+        output)."""
+        return self._session
+
+    def _input_request(
+        self, item: InputLike, index: int
+    ) -> tuple[str, Any, pb.StreamRequest | None]:
+        """The pending entry for one input and, when it could be encoded, its request."""
+        try:
+            step = encode_input(item, self._vocabulary)
+        except (TypeError, ValueError) as error:
+            return LOCAL_ERROR, error, None
+        return SENT, None, pb.StreamRequest(request_id=str(index), step=step, output=self._options)
+
+    def _opened(self, response: pb.StreamResponse) -> None:
+        """Take the reply to the open request (a refusal is raised; the caller cancels first)."""
+        if response.HasField("error"):
+            raise from_stream_error(response.error)
+        self._session = decode_session(response.session)
+
+    def _ended(self, kind: str, value: Any) -> bool:
+        """Whether a pending entry ends the stream; raises for an input that never went out."""
+        if kind == END:
+            self._finished = True
+            return True
+        if kind == LOCAL_ERROR:
+            raise InvalidArgument(str(value)) from value
+        if kind == RAISED:
+            raise value
+        return False
+
+    def _output(self, response: pb.StreamResponse) -> StepOutput:
+        """The output carried by one reply (or its in-band error, raised)."""
+        if response.HasField("error"):
+            raise from_stream_error(response.error)
+        output = decode_result(response.result)
+        self._on_output(output)
+        return output
+
+    def _call_failed(self) -> None:
+        # After a failed call a step may or may not have run.
+        self._finished = True
+        self._on_output(None)
+
+
+class GenerationCore:
+    """The I/O-free half of :class:`Generation` and :class:`AsyncGeneration`."""
+
+    def __init__(self, on_finish: Callable[[GeneratedToken | None], None]) -> None:
+        self._on_finish = on_finish
+        self._finished = False
+        self.tokens: list[GeneratedToken] = []
+
+    @property
+    def text(self) -> str:
+        """The text generated so far."""
+        return "".join(token.text for token in self.tokens)
+
+    @property
+    def token_ids(self) -> list[int]:
+        """The token ids generated so far."""
+        return [token.token_id for token in self.tokens]
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        """Why generation ended (``None`` while it runs or if it was cancelled)."""
+        return self.tokens[-1].finish_reason if self.tokens else None
+
+    @property
+    def session_id(self) -> str | None:
+        """The session generation runs on (known after the first token)."""
+        return self.tokens[0].session_id if self.tokens else None
+
+    def _token(self, response: pb.GenerateResponse) -> str:
+        token = decode_token(response)
+        self.tokens.append(token)
+        return token.text
+
+    def _ended(self) -> None:
+        self._finish(self.tokens[-1] if self.tokens else None)
+
+    def _finish(self, last: GeneratedToken | None) -> None:
+        if not self._finished:
+            self._finished = True
+            self._on_finish(last if last is not None and last.finish_reason else None)
+
+
+class SessionStreamCore:
+    """The I/O-free half of :class:`SessionStream` and :class:`AsyncSessionStream`."""
+
+    def __init__(
+        self,
+        vocabulary: Vocabulary | None,
+        on_step_count: Callable[[int | None], None],
+    ) -> None:
+        self._vocabulary = vocabulary
+        self._on_step_count = on_step_count
+        self._counter = 0
+        self._closed = False
+
+    def _numbered(self, request: pb.StreamRequest) -> pb.StreamRequest:
+        self._counter += 1
+        request.request_id = str(self._counter)
+        return request
+
+    def _step_request(
+        self, data: InputLike, output: OutputFormat | str, steps: OutputSteps | str, top_k: int
+    ) -> pb.StreamRequest:
+        options = encode_options(output_options(output, steps, top_k))
+        step = encode_input(data, self._vocabulary)
+        return pb.StreamRequest(step=step, output=options)
+
+    def _checked(self, response: pb.StreamResponse) -> pb.StreamResponse:
+        if response.HasField("error"):
+            raise from_stream_error(response.error)
+        return response
+
+    def _fed(self, response: pb.StreamResponse) -> StepOutput:
+        result = decode_result(response.result)
+        self._on_step_count(result.step_count)
+        return result
+
+    def _was_reset(self, response: pb.StreamResponse) -> SessionInfo:
+        session = decode_session(response.session)
+        self._on_step_count(session.step_count)
+        return session
