@@ -35,7 +35,7 @@ from rnnserve.client._errors import (
     convert_rpc_error,
 )
 from rnnserve.client._retry import RetryPolicy
-from rnnserve.client._session import UNCERTAIN_CODES
+from rnnserve.client._session_core import SessionCore
 from rnnserve.client._stream_core import (
     CALL_DONE,
     END,
@@ -216,37 +216,14 @@ class AsyncGeneration(GenerationCore, AsyncIterator[str]):
         self.cancel()
 
 
-class AsyncSession:
+class AsyncSession(SessionCore):
     """The asyncio :class:`~rnnserve.client.Session`; same methods, awaitable.
 
     ``stream`` and ``generate`` return async iterators directly (no ``await``)."""
 
     def __init__(self, client: AsyncClient, info: SessionInfo, model: ModelInfo) -> None:
+        super().__init__(info, model)
         self._client = client
-        self._info = info
-        self._model = model
-        self._step_count: int | None = info.step_count
-        self._closed = False
-
-    @property
-    def session_id(self) -> str:
-        """The server-made session id."""
-        return self._info.session_id
-
-    @property
-    def model(self) -> ModelInfo:
-        """The model version this session is bound to."""
-        return self._model
-
-    @property
-    def info(self) -> SessionInfo:
-        """The session as last described by the server."""
-        return self._info
-
-    @property
-    def step_count(self) -> int | None:
-        """Steps consumed since opened or last reset, as last known (``None`` if uncertain)."""
-        return self._step_count
 
     def __repr__(self) -> str:
         return f"AsyncSession({self.session_id!r}, model={self._model.name!r})"
@@ -264,22 +241,13 @@ class AsyncSession:
         options = output_options(output, steps, top_k)
         if self._step_count is None:
             await self.describe(timeout=timeout)
-        assert self._step_count is not None
-        request = pb.StepRequest(
-            session_id=self.session_id,
-            input=encode_input(data, self._model.vocabulary),
-            output=encode_options(options),
-            expected_step_count=self._step_count,
-        )
+        request = self._step_request(data, options)
         try:
             response = await self._client._call("Step", request, timeout=timeout, idempotent=True)
         except RnnServeError as error:
-            if error.code in UNCERTAIN_CODES:
-                self._step_count = None
+            self._step_failed(error)
             raise
-        result = decode_result(response.result)
-        self._step_count = result.step_count
-        return result
+        return self._stepped(response)
 
     def stream(
         self,
@@ -292,35 +260,23 @@ class AsyncSession:
     ) -> AsyncOutputStream:
         """Stream inputs (a sync or async iterable) over one bidirectional call."""
         options = output_options(output, steps, top_k)
-        open_request = pb.StreamRequest(
-            request_id="open", open=pb.OpenSession(session_id=self.session_id)
-        )
-        self._step_count = None
-
-        def track(result: StepOutput | None) -> None:
-            self._step_count = result.step_count if result is not None else None
-
         return AsyncOutputStream(
             lambda: self._client._start_stream(timeout),
-            open_request,
+            self._stream_open_request(),
             inputs,
             options,
             self._model.vocabulary,
-            on_output=track,
+            on_output=self._track_output,
         )
 
     def open_stream(self, *, timeout: float | None = None) -> AsyncSessionStream:
         """One ``Stream`` call for request/reply feeding (see :meth:`Session.open_stream`);
         use ``async with session.open_stream() as stream:`` (or ``await stream.open()``)."""
-
-        def track(step_count: int | None) -> None:
-            self._step_count = step_count
-
         return AsyncSessionStream(
             lambda: self._client._start_stream(timeout),
             self.session_id,
             self._model.vocabulary,
-            on_step_count=track,
+            on_step_count=self._track_step_count,
         )
 
     def generate(
@@ -336,10 +292,8 @@ class AsyncSession:
         timeout: float | None = None,
     ) -> AsyncGeneration:
         """Sample from this session's language model (see :meth:`Session.generate`)."""
-        request = generate_request(
-            session_id=self.session_id,
-            prompt=prompt,
-            vocabulary=self._model.vocabulary,
+        request = self._generate_request(
+            prompt,
             max_tokens=max_tokens,
             temperature=temperature,
             top_k=top_k,
@@ -347,15 +301,11 @@ class AsyncSession:
             seed=seed,
             stop=stop,
         )
-        self._step_count = None
-
-        def finished(last: GeneratedToken | None) -> None:
-            self._step_count = last.step_count if last is not None else None
 
         async def start() -> Any:
             return self._client._start_generate(request, timeout)
 
-        return AsyncGeneration(start, on_finish=finished)
+        return AsyncGeneration(start, on_finish=self._track_generation)
 
     async def describe(self, *, timeout: float | None = None) -> SessionInfo:
         """Ask the server for the session's current description."""
@@ -365,18 +315,14 @@ class AsyncSession:
             timeout=timeout,
             idempotent=True,
         )
-        self._info = decode_session(response.session)
-        self._step_count = self._info.step_count
-        return self._info
+        return self._described(response.session)
 
     async def reset(self, *, timeout: float | None = None) -> SessionInfo:
         """Set the state back to the model's initial state (step count 0)."""
         response = await self._client._call(
             "ResetSession", pb.ResetSessionRequest(session_id=self.session_id), timeout=timeout
         )
-        self._info = decode_session(response.session)
-        self._step_count = self._info.step_count
-        return self._info
+        return self._described(response.session)
 
     async def snapshot(self, *, timeout: float | None = None) -> bytes:
         """Export the state as snapshot bytes (see :meth:`AsyncClient.restore`)."""
@@ -386,20 +332,17 @@ class AsyncSession:
             timeout=timeout,
             idempotent=True,
         )
-        self._info = decode_session(response.session)
-        self._step_count = self._info.step_count
+        self._described(response.session)
         return bytes(response.snapshot)
 
     async def close(self, *, timeout: float | None = None) -> None:
         """Close the session and free its state (closing twice is harmless)."""
-        if self._closed:
+        request = self._close_request()
+        if request is None:
             return
-        self._closed = True
         # Already gone (expired, evicted or closed) means nothing is left to free.
         with contextlib.suppress(NotFound):
-            await self._client._call(
-                "CloseSession", pb.CloseSessionRequest(session_id=self.session_id), timeout=timeout
-            )
+            await self._client._call("CloseSession", request, timeout=timeout)
 
     async def __aenter__(self) -> AsyncSession:
         return self

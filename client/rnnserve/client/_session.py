@@ -6,20 +6,12 @@ import contextlib
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-import grpc
-from rnnserve.client._codec import (
-    decode_result,
-    decode_session,
-    encode_input,
-    encode_options,
-    generate_request,
-    output_options,
-)
+from rnnserve.client._codec import output_options
 from rnnserve.client._connection import SessionStream
 from rnnserve.client._errors import NotFound, RnnServeError
+from rnnserve.client._session_core import SessionCore
 from rnnserve.client._streams import Generation, OutputStream
 from rnnserve.client._types import (
-    GeneratedToken,
     InputLike,
     ModelInfo,
     OutputFormat,
@@ -32,20 +24,8 @@ from rnnserve.v1 import rnnserve_pb2 as pb
 if TYPE_CHECKING:
     from rnnserve.client._client import Client
 
-# After these failures a step may or may not have run, so the step count must be asked again.
-UNCERTAIN_CODES = frozenset(
-    {
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.ABORTED,
-    }
-)
 
-
-class Session:
+class Session(SessionCore):
     """A session on one model version; the server keeps its hidden state between calls.
 
     Get one from :meth:`Client.session`, :meth:`Client.attach` or :meth:`Client.restore`, and
@@ -55,44 +35,11 @@ class Session:
     """
 
     def __init__(self, client: Client, info: SessionInfo, model: ModelInfo) -> None:
+        super().__init__(info, model)
         self._client = client
-        self._info = info
-        self._model = model
-        self._step_count: int | None = info.step_count
-        self._closed = False
-
-    @property
-    def session_id(self) -> str:
-        """The server-made session id."""
-        return self._info.session_id
-
-    @property
-    def model(self) -> ModelInfo:
-        """The model version this session is bound to."""
-        return self._model
-
-    @property
-    def info(self) -> SessionInfo:
-        """The session as last described by the server (see :meth:`describe` to refresh)."""
-        return self._info
-
-    @property
-    def step_count(self) -> int | None:
-        """Steps consumed since opened or last reset, as last known (``None`` if uncertain)."""
-        return self._step_count
 
     def __repr__(self) -> str:
         return f"Session({self.session_id!r}, model={self._model.name!r} v{self._model.version})"
-
-    def _expected_step_count(self, timeout: float | None) -> int:
-        if self._step_count is None:
-            self.describe(timeout=timeout)
-        assert self._step_count is not None
-        return self._step_count
-
-    def _track(self, error: RnnServeError) -> None:
-        if error.code in UNCERTAIN_CODES:
-            self._step_count = None
 
     def feed(
         self,
@@ -119,21 +66,15 @@ class Session:
             Aborted: another step of this session ran meanwhile.
         """
         options = output_options(output, steps, top_k)
-        expected = self._expected_step_count(timeout)
-        request = pb.StepRequest(
-            session_id=self.session_id,
-            input=encode_input(data, self._model.vocabulary),
-            output=encode_options(options),
-            expected_step_count=expected,
-        )
+        if self._step_count is None:
+            self.describe(timeout=timeout)
+        request = self._step_request(data, options)
         try:
             response = self._client._call("Step", request, timeout=timeout, idempotent=True)
         except RnnServeError as error:
-            self._track(error)
+            self._step_failed(error)
             raise
-        result = decode_result(response.result)
-        self._step_count = result.step_count
-        return result
+        return self._stepped(response)
 
     def stream(
         self,
@@ -151,22 +92,13 @@ class Session:
         carries on (see :class:`OutputStream`). ``timeout`` bounds the whole call.
         """
         options = output_options(output, steps, top_k)
-        open_request = pb.StreamRequest(
-            request_id="open", open=pb.OpenSession(session_id=self.session_id)
-        )
-        # The step count is only certain again once the stream ends cleanly.
-        self._step_count = None
-
-        def track(result: StepOutput | None) -> None:
-            self._step_count = result.step_count if result is not None else None
-
         return OutputStream(
             self._client._start_stream(timeout),
-            open_request,
+            self._stream_open_request(),
             inputs,
             options,
             self._model.vocabulary,
-            on_output=track,
+            on_output=self._track_output,
         )
 
     def open_stream(self, *, timeout: float | None = None) -> SessionStream:
@@ -181,15 +113,11 @@ class Session:
         ``timeout`` bounds the whole call. Close it (or leave the ``with`` block) to end the
         call; the session stays open.
         """
-
-        def track(step_count: int | None) -> None:
-            self._step_count = step_count
-
         return SessionStream(
             self._client._start_stream(timeout),
             self.session_id,
             self._model.vocabulary,
-            on_step_count=track,
+            on_step_count=self._track_step_count,
         )
 
     def generate(
@@ -219,10 +147,8 @@ class Session:
             stop: generation ends after any of these strings (included in the text).
             timeout: seconds for the whole generation.
         """
-        request = generate_request(
-            session_id=self.session_id,
-            prompt=prompt,
-            vocabulary=self._model.vocabulary,
+        request = self._generate_request(
+            prompt,
             max_tokens=max_tokens,
             temperature=temperature,
             top_k=top_k,
@@ -230,12 +156,8 @@ class Session:
             seed=seed,
             stop=stop,
         )
-        self._step_count = None
-
-        def finished(last: GeneratedToken | None) -> None:
-            self._step_count = last.step_count if last is not None else None
-
-        return Generation(self._client._start_generate(request, timeout), on_finish=finished)
+        call = self._client._start_generate(request, timeout)
+        return Generation(call, on_finish=self._track_generation)
 
     def describe(self, *, timeout: float | None = None) -> SessionInfo:
         """Ask the server for the session's current description (step count, expiry)."""
@@ -245,18 +167,14 @@ class Session:
             timeout=timeout,
             idempotent=True,
         )
-        self._info = decode_session(response.session)
-        self._step_count = self._info.step_count
-        return self._info
+        return self._described(response.session)
 
     def reset(self, *, timeout: float | None = None) -> SessionInfo:
         """Set the state back to the model's initial state (step count 0)."""
         response = self._client._call(
             "ResetSession", pb.ResetSessionRequest(session_id=self.session_id), timeout=timeout
         )
-        self._info = decode_session(response.session)
-        self._step_count = self._info.step_count
-        return self._info
+        return self._described(response.session)
 
     def snapshot(self, *, timeout: float | None = None) -> bytes:
         """Export the state as integrity-checked snapshot bytes (see :meth:`Client.restore`)."""
@@ -266,20 +184,17 @@ class Session:
             timeout=timeout,
             idempotent=True,
         )
-        self._info = decode_session(response.session)
-        self._step_count = self._info.step_count
+        self._described(response.session)
         return bytes(response.snapshot)
 
     def close(self, *, timeout: float | None = None) -> None:
         """Close the session and free its state on the server (closing twice is harmless)."""
-        if self._closed:
+        request = self._close_request()
+        if request is None:
             return
-        self._closed = True
         # Already gone (expired, evicted or closed) means nothing is left to free.
         with contextlib.suppress(NotFound):
-            self._client._call(
-                "CloseSession", pb.CloseSessionRequest(session_id=self.session_id), timeout=timeout
-            )
+            self._client._call("CloseSession", request, timeout=timeout)
 
     def __enter__(self) -> Session:
         return self

@@ -1,0 +1,137 @@
+"""What Session and AsyncSession share: step-count bookkeeping and request building, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+from rnnserve.client._codec import (
+    decode_result,
+    decode_session,
+    encode_input,
+    encode_options,
+    generate_request,
+)
+from rnnserve.client._errors import RnnServeError
+from rnnserve.client._types import (
+    GeneratedToken,
+    InputLike,
+    ModelInfo,
+    OutputOptions,
+    SessionInfo,
+    StepOutput,
+)
+from rnnserve.v1 import rnnserve_pb2 as pb
+
+# After these failures a step may or may not have run, so the step count must be asked again.
+UNCERTAIN_CODES = frozenset(
+    {
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.ABORTED,
+    }
+)
+
+
+class SessionCore:
+    """The I/O-free half of :class:`Session` and :class:`AsyncSession`: what the session is and
+    how many steps it has consumed, and the requests that carry that count."""
+
+    def __init__(self, info: SessionInfo, model: ModelInfo) -> None:
+        self._info = info
+        self._model = model
+        self._step_count: int | None = info.step_count
+        self._closed = False
+
+    @property
+    def session_id(self) -> str:
+        """The server-made session id."""
+        return self._info.session_id
+
+    @property
+    def model(self) -> ModelInfo:
+        """The model version this session is bound to."""
+        return self._model
+
+    @property
+    def info(self) -> SessionInfo:
+        """The session as last described by the server (see :meth:`describe` to refresh)."""
+        return self._info
+
+    @property
+    def step_count(self) -> int | None:
+        """Steps consumed since opened or last reset, as last known (``None`` if uncertain)."""
+        return self._step_count
+
+    def _step_request(self, data: InputLike, options: OutputOptions) -> pb.StepRequest:
+        """A Step request carrying the expected step count (known: the caller describes first)."""
+        assert self._step_count is not None
+        return pb.StepRequest(
+            session_id=self.session_id,
+            input=encode_input(data, self._model.vocabulary),
+            output=encode_options(options),
+            expected_step_count=self._step_count,
+        )
+
+    def _step_failed(self, error: RnnServeError) -> None:
+        if error.code in UNCERTAIN_CODES:
+            self._step_count = None
+
+    def _stepped(self, response: pb.StepResponse) -> StepOutput:
+        result = decode_result(response.result)
+        self._step_count = result.step_count
+        return result
+
+    def _described(self, session: pb.SessionInfo) -> SessionInfo:
+        self._info = decode_session(session)
+        self._step_count = self._info.step_count
+        return self._info
+
+    def _stream_open_request(self) -> pb.StreamRequest:
+        # The step count is only certain again once the stream ends cleanly.
+        self._step_count = None
+        return pb.StreamRequest(request_id="open", open=pb.OpenSession(session_id=self.session_id))
+
+    def _track_output(self, result: StepOutput | None) -> None:
+        self._step_count = result.step_count if result is not None else None
+
+    def _track_step_count(self, step_count: int | None) -> None:
+        self._step_count = step_count
+
+    def _generate_request(
+        self,
+        prompt: InputLike | None,
+        *,
+        max_tokens: int,
+        temperature: float | None,
+        top_k: int,
+        top_p: float,
+        seed: int | None,
+        stop: Sequence[str],
+    ) -> pb.GenerateRequest:
+        request = generate_request(
+            session_id=self.session_id,
+            prompt=prompt,
+            vocabulary=self._model.vocabulary,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+        )
+        self._step_count = None
+        return request
+
+    def _track_generation(self, last: GeneratedToken | None) -> None:
+        self._step_count = last.step_count if last is not None else None
+
+    def _close_request(self) -> pb.CloseSessionRequest | None:
+        """The request that closes the session, or ``None`` when it was closed already."""
+        if self._closed:
+            return None
+        self._closed = True
+        return pb.CloseSessionRequest(session_id=self.session_id)
