@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -19,14 +18,11 @@ from typing import Any
 import grpc
 import grpc.aio
 from rnnserve.client._aio_connection import AsyncSessionStream
-from rnnserve.client._client import call_metadata
+from rnnserve.client._client_core import ClientCore, model_ref, remaining
 from rnnserve.client._codec import (
     decode_model,
     decode_result,
     decode_session,
-    encode_input,
-    encode_options,
-    generate_request,
     output_options,
 )
 from rnnserve.client._errors import (
@@ -55,7 +51,6 @@ from rnnserve.client._types import (
 )
 from rnnserve.client._vocabulary import Vocabulary
 from rnnserve.v1 import rnnserve_pb2 as pb
-from rnnserve.v1 import rnnserve_pb2_grpc
 
 
 class AsyncOutputStream(OutputStreamCore, AsyncIterator[StepOutput]):
@@ -370,7 +365,7 @@ class _SessionOpener:
             await self._session.close()
 
 
-class AsyncClient:
+class AsyncClient(ClientCore):
     """An asyncio rnnserve client with the same methods as :class:`~rnnserve.client.Client`.
 
     Unary methods are coroutines; ``generate``/``Session.stream``/``Session.generate`` return
@@ -390,54 +385,34 @@ class AsyncClient:
         options: Sequence[tuple[str, Any]] = (),
         channel: grpc.aio.Channel | None = None,
     ) -> None:
-        self.target = target
-        self.client_id = client_id
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self._owns_channel = channel is None
+        owns_channel = channel is None
         if channel is None:
             if credentials is not None:
                 channel = grpc.aio.secure_channel(target, credentials, options=list(options))
             else:
                 channel = grpc.aio.insecure_channel(target, options=list(options))
+        super().__init__(target, client_id, timeout, retry, channel, owns_channel)
         self._channel = channel
-        self._stub = rnnserve_pb2_grpc.InferenceServiceStub(channel)
-        self._metadata = call_metadata(client_id)
-        self._models: dict[tuple[str, int], ModelInfo] = {}
-
-    def __repr__(self) -> str:
-        return f"AsyncClient({self.target!r}, client_id={self.client_id!r})"
-
-    def _timeout(self, timeout: float | None) -> float | None:
-        return self.timeout if timeout is None else timeout
 
     async def _call(
         self, method: str, request: Any, *, timeout: float | None, idempotent: bool = False
     ) -> Any:
         """Run a unary call with the deadline, metadata and (if idempotent) retries."""
         callable_: Callable[..., Any] = getattr(self._stub, method)
-        timeout = self._timeout(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = self._deadline(timeout)
         attempt = 1
         while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return await callable_(request, timeout=remaining, metadata=self._metadata)
+                return await callable_(
+                    request, timeout=remaining(deadline), metadata=self._metadata
+                )
             except grpc.RpcError as rpc_error:
                 error = convert_rpc_error(rpc_error)
-            if not (idempotent and self.retry.should_retry(error.code, attempt)):
-                raise error
-            wait = self.retry.backoff(attempt)
-            if deadline is not None and time.monotonic() + wait >= deadline:
-                raise error
-            await asyncio.sleep(wait)
+            await asyncio.sleep(self._retry_wait(error, attempt, deadline, idempotent))
             attempt += 1
 
     def _start_stream(self, timeout: float | None) -> Any:
         return self._stub.Stream(timeout=self._timeout(timeout), metadata=self._metadata)
-
-    def _start_generate(self, request: pb.GenerateRequest, timeout: float | None) -> Any:
-        return self._stub.Generate(request, timeout=self._timeout(timeout), metadata=self._metadata)
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every model (latest version of each) the server serves."""
@@ -450,20 +425,12 @@ class AsyncClient:
         self, name: str, version: int = 0, *, refresh: bool = False, timeout: float | None = None
     ) -> ModelInfo:
         """Describe one model version (0: the latest); cached unless ``refresh``."""
-        key = (name, version)
-        cached = self._models.get(key)
-        if cached is not None and not refresh:
+        cached = self._cached_model(name, version, refresh)
+        if cached is not None:
             return cached
-        response = await self._call(
-            "GetModel",
-            pb.GetModelRequest(model=pb.ModelRef(name=name, version=version)),
-            timeout=timeout,
-            idempotent=True,
-        )
-        info = decode_model(response.model)
-        self._models[key] = info
-        self._models[(info.name, info.version)] = info
-        return info
+        request = pb.GetModelRequest(model=model_ref(name, version))
+        response = await self._call("GetModel", request, timeout=timeout, idempotent=True)
+        return self._remember_model(name, version, decode_model(response.model))
 
     async def _session_from(
         self, response: Any, timeout: float | None, *, opened: bool = True
@@ -487,7 +454,7 @@ class AsyncClient:
         """Open a session on a model version: ``async with client.session("m") as s:``."""
 
         async def open_() -> AsyncSession:
-            request = pb.CreateSessionRequest(model=pb.ModelRef(name=model, version=version))
+            request = pb.CreateSessionRequest(model=model_ref(model, version))
             response = await self._call("CreateSession", request, timeout=timeout)
             return await self._session_from(response, timeout)
 
@@ -535,20 +502,19 @@ class AsyncClient:
 
         async def start() -> Any:
             vocabulary = None
-            if isinstance(prompt, str) and prompt:
+            if self._needs_vocabulary(prompt):
                 vocabulary = (await self.model(model, version, timeout=timeout)).vocabulary
-            request = generate_request(
-                model=model,
-                version=version,
-                prompt=prompt,
-                vocabulary=vocabulary,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                seed=seed,
-                stop=stop,
-                close_session=True,
+            request = self._one_shot_request(
+                model,
+                version,
+                prompt,
+                vocabulary,
+                max_tokens,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                stop,
             )
             return self._start_generate(request, timeout)
 
@@ -568,11 +534,7 @@ class AsyncClient:
         """Stateless whole-sequence inference (see :meth:`Client.predict`)."""
         info = await self.model(model, version, timeout=timeout)
         options = output_options(output, steps, top_k)
-        request = pb.PredictRequest(
-            model=pb.ModelRef(name=model, version=version),
-            sequences=[encode_input(sequence, info.vocabulary) for sequence in sequences],
-            output=encode_options(options),
-        )
+        request = self._predict_request(model, version, sequences, options, info.vocabulary)
         response = await self._call("Predict", request, timeout=timeout, idempotent=True)
         return [decode_result(result) for result in response.results]
 

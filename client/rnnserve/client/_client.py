@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
-from rnnserve.client._codec import (
-    decode_model,
-    decode_result,
-    decode_session,
-    encode_input,
-    encode_options,
-    generate_request,
-    output_options,
-)
+from rnnserve.client._client_core import CLIENT_ID_KEY, ClientCore, model_ref, remaining
+from rnnserve.client._codec import decode_model, decode_result, decode_session, output_options
 from rnnserve.client._errors import RnnServeError, convert_rpc_error
 from rnnserve.client._retry import RetryPolicy
 from rnnserve.client._session import Session
@@ -31,17 +23,11 @@ from rnnserve.client._types import (
     StepOutput,
 )
 from rnnserve.v1 import rnnserve_pb2 as pb
-from rnnserve.v1 import rnnserve_pb2_grpc
 
-CLIENT_ID_KEY = "x-client-id"
-
-
-def call_metadata(client_id: str | None) -> tuple[tuple[str, str], ...]:
-    """The metadata every call carries: the client identity sessions are bound to."""
-    return ((CLIENT_ID_KEY, client_id),) if client_id else ()
+__all__ = ["CLIENT_ID_KEY", "Client"]
 
 
-class Client:
+class Client(ClientCore):
     """A synchronous rnnserve client.
 
     Args:
@@ -69,50 +55,30 @@ class Client:
         options: Sequence[tuple[str, Any]] = (),
         channel: grpc.Channel | None = None,
     ) -> None:
-        self.target = target
-        self.client_id = client_id
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self._owns_channel = channel is None
+        owns_channel = channel is None
         if channel is None:
             if credentials is not None:
                 channel = grpc.secure_channel(target, credentials, options=list(options))
             else:
                 channel = grpc.insecure_channel(target, options=list(options))
+        super().__init__(target, client_id, timeout, retry, channel, owns_channel)
         self._channel = channel
-        self._stub = rnnserve_pb2_grpc.InferenceServiceStub(channel)
-        self._metadata = call_metadata(client_id)
-        self._models: dict[tuple[str, int], ModelInfo] = {}
-        self._models_lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"Client({self.target!r}, client_id={self.client_id!r})"
 
     # -- plumbing -------------------------------------------------------------------------------
-
-    def _timeout(self, timeout: float | None) -> float | None:
-        return self.timeout if timeout is None else timeout
 
     def _call(
         self, method: str, request: Any, *, timeout: float | None, idempotent: bool = False
     ) -> Any:
         """Run a unary call with the deadline, metadata and (if idempotent) retries."""
         callable_: Callable[..., Any] = getattr(self._stub, method)
-        timeout = self._timeout(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = self._deadline(timeout)
         attempt = 1
         while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return callable_(request, timeout=remaining, metadata=self._metadata)
+                return callable_(request, timeout=remaining(deadline), metadata=self._metadata)
             except grpc.RpcError as rpc_error:
                 error = convert_rpc_error(rpc_error)
-            if not (idempotent and self.retry.should_retry(error.code, attempt)):
-                raise error
-            wait = self.retry.backoff(attempt)
-            if deadline is not None and time.monotonic() + wait >= deadline:
-                raise error
-            time.sleep(wait)
+            time.sleep(self._retry_wait(error, attempt, deadline, idempotent))
             attempt += 1
 
     def _start_stream(
@@ -124,9 +90,6 @@ class Client:
             )
 
         return start
-
-    def _start_generate(self, request: pb.GenerateRequest, timeout: float | None) -> Any:
-        return self._stub.Generate(request, timeout=self._timeout(timeout), metadata=self._metadata)
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -147,22 +110,12 @@ class Client:
         Raises:
             NotFound: no such model or version.
         """
-        key = (name, version)
-        with self._models_lock:
-            cached = self._models.get(key)
-        if cached is not None and not refresh:
+        cached = self._cached_model(name, version, refresh)
+        if cached is not None:
             return cached
-        response = self._call(
-            "GetModel",
-            pb.GetModelRequest(model=pb.ModelRef(name=name, version=version)),
-            timeout=timeout,
-            idempotent=True,
-        )
-        info = decode_model(response.model)
-        with self._models_lock:
-            self._models[key] = info
-            self._models[(info.name, info.version)] = info
-        return info
+        request = pb.GetModelRequest(model=model_ref(name, version))
+        response = self._call("GetModel", request, timeout=timeout, idempotent=True)
+        return self._remember_model(name, version, decode_model(response.model))
 
     # -- sessions -------------------------------------------------------------------------------
 
@@ -179,11 +132,8 @@ class Client:
             FailedPrecondition: the model is not streamable (bidirectional).
             ResourceExhausted: the server holds its maximum number of sessions.
         """
-        response = self._call(
-            "CreateSession",
-            pb.CreateSessionRequest(model=pb.ModelRef(name=model, version=version)),
-            timeout=timeout,
-        )
+        request = pb.CreateSessionRequest(model=model_ref(model, version))
+        response = self._call("CreateSession", request, timeout=timeout)
         return self._opened(decode_session(response.session), timeout)
 
     def _opened(self, info: SessionInfo, timeout: float | None) -> Session:
@@ -247,20 +197,10 @@ class Client:
         See :meth:`Session.generate` for the sampling arguments.
         """
         vocabulary = None
-        if isinstance(prompt, str) and prompt:
+        if self._needs_vocabulary(prompt):
             vocabulary = self.model(model, version, timeout=timeout).vocabulary
-        request = generate_request(
-            model=model,
-            version=version,
-            prompt=prompt,
-            vocabulary=vocabulary,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            stop=stop,
-            close_session=True,
+        request = self._one_shot_request(
+            model, version, prompt, vocabulary, max_tokens, temperature, top_k, top_p, seed, stop
         )
         return Generation(self._start_generate(request, timeout))
 
@@ -283,11 +223,7 @@ class Client:
         """
         info = self.model(model, version, timeout=timeout)
         options = output_options(output, steps, top_k)
-        request = pb.PredictRequest(
-            model=pb.ModelRef(name=model, version=version),
-            sequences=[encode_input(sequence, info.vocabulary) for sequence in sequences],
-            output=encode_options(options),
-        )
+        request = self._predict_request(model, version, sequences, options, info.vocabulary)
         response = self._call("Predict", request, timeout=timeout, idempotent=True)
         return [decode_result(result) for result in response.results]
 
