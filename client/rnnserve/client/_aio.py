@@ -23,6 +23,7 @@ from rnnserve.client._codec import (
     decode_model,
     decode_result,
     decode_session,
+    generation_settings,
     output_options,
 )
 from rnnserve.client._errors import (
@@ -287,15 +288,8 @@ class AsyncSession(SessionCore):
         timeout: float | None = None,
     ) -> AsyncGeneration:
         """Sample from this session's language model (see :meth:`Session.generate`)."""
-        request = self._generate_request(
-            prompt,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            stop=stop,
-        )
+        settings = generation_settings(max_tokens, temperature, top_k, top_p, seed, stop)
+        request = self._generate_request(prompt, settings)
 
         async def start() -> Any:
             return self._client._start_generate(request, timeout)
@@ -504,18 +498,8 @@ class AsyncClient(ClientCore):
             vocabulary = None
             if self._needs_vocabulary(prompt):
                 vocabulary = (await self.model(model, version, timeout=timeout)).vocabulary
-            request = self._one_shot_request(
-                model,
-                version,
-                prompt,
-                vocabulary,
-                max_tokens,
-                temperature,
-                top_k,
-                top_p,
-                seed,
-                stop,
-            )
+            settings = generation_settings(max_tokens, temperature, top_k, top_p, seed, stop)
+            request = self._one_shot_request(model, version, prompt, vocabulary, settings)
             return self._start_generate(request, timeout)
 
         return AsyncGeneration(start)

@@ -9,7 +9,13 @@ from typing import Any
 
 import grpc
 from rnnserve.client._client_core import CLIENT_ID_KEY, ClientCore, model_ref, remaining
-from rnnserve.client._codec import decode_model, decode_result, decode_session, output_options
+from rnnserve.client._codec import (
+    decode_model,
+    decode_result,
+    decode_session,
+    generation_settings,
+    output_options,
+)
 from rnnserve.client._errors import RnnServeError, convert_rpc_error
 from rnnserve.client._retry import RetryPolicy
 from rnnserve.client._session import Session
@@ -199,9 +205,8 @@ class Client(ClientCore):
         vocabulary = None
         if self._needs_vocabulary(prompt):
             vocabulary = self.model(model, version, timeout=timeout).vocabulary
-        request = self._one_shot_request(
-            model, version, prompt, vocabulary, max_tokens, temperature, top_k, top_p, seed, stop
-        )
+        settings = generation_settings(max_tokens, temperature, top_k, top_p, seed, stop)
+        request = self._one_shot_request(model, version, prompt, vocabulary, settings)
         return Generation(self._start_generate(request, timeout))
 
     def predict(

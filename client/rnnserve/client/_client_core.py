@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from rnnserve.client._codec import encode_input, encode_options, generate_request
+from rnnserve.client._codec import aim_generation, encode_input, encode_options
 from rnnserve.client._errors import RnnServeError
 from rnnserve.client._retry import RetryPolicy
 from rnnserve.client._types import InputLike, ModelInfo, OutputOptions
@@ -120,24 +120,10 @@ class ClientCore:
         version: int,
         prompt: InputLike | None,
         vocabulary: Vocabulary | None,
-        max_tokens: int,
-        temperature: float | None,
-        top_k: int,
-        top_p: float,
-        seed: int | None,
-        stop: Sequence[str],
+        settings: pb.GenerateRequest,
     ) -> pb.GenerateRequest:
-        """A GenerateRequest on a fresh session that the server closes when generation ends."""
-        return generate_request(
-            model=model,
-            version=version,
-            prompt=prompt,
-            vocabulary=vocabulary,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            stop=stop,
-            close_session=True,
+        """A generation on a fresh session that the server closes when generation ends."""
+        settings.close_session = True
+        return aim_generation(
+            settings, model=model, version=version, prompt=prompt, vocabulary=vocabulary
         )

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from rnnserve.client._codec import output_options
+from rnnserve.client._codec import generation_settings, output_options
 from rnnserve.client._connection import SessionStream
 from rnnserve.client._errors import NotFound, RnnServeError
 from rnnserve.client._session_core import SessionCore
@@ -147,15 +147,8 @@ class Session(SessionCore):
             stop: generation ends after any of these strings (included in the text).
             timeout: seconds for the whole generation.
         """
-        request = self._generate_request(
-            prompt,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            stop=stop,
-        )
+        settings = generation_settings(max_tokens, temperature, top_k, top_p, seed, stop)
+        request = self._generate_request(prompt, settings)
         call = self._client._start_generate(request, timeout)
         return Generation(call, on_finish=self._track_generation)
 

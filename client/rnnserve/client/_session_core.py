@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import grpc
 from rnnserve.client._codec import (
+    aim_generation,
     decode_result,
     decode_session,
     encode_input,
     encode_options,
-    generate_request,
 )
 from rnnserve.client._errors import RnnServeError
 from rnnserve.client._types import (
@@ -102,26 +100,10 @@ class SessionCore:
         self._step_count = step_count
 
     def _generate_request(
-        self,
-        prompt: InputLike | None,
-        *,
-        max_tokens: int,
-        temperature: float | None,
-        top_k: int,
-        top_p: float,
-        seed: int | None,
-        stop: Sequence[str],
+        self, prompt: InputLike | None, settings: pb.GenerateRequest
     ) -> pb.GenerateRequest:
-        request = generate_request(
-            session_id=self.session_id,
-            prompt=prompt,
-            vocabulary=self._model.vocabulary,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            stop=stop,
+        request = aim_generation(
+            settings, session_id=self.session_id, prompt=prompt, vocabulary=self._model.vocabulary
         )
         self._step_count = None
         return request
