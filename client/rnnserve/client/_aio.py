@@ -188,7 +188,7 @@ class AsyncGeneration(GenerationCore, AsyncIterator[str]):
             self._finish(None)
             raise convert_rpc_error(error) from None
         if response is grpc.aio.EOF:
-            self._ended()
+            self._finish_at_end()
             raise StopAsyncIteration
         return self._token(response)
 

@@ -134,7 +134,7 @@ class GenerationCore:
         self.tokens.append(token)
         return token.text
 
-    def _ended(self) -> None:
+    def _finish_at_end(self) -> None:
         self._finish(self.tokens[-1] if self.tokens else None)
 
     def _finish(self, last: GeneratedToken | None) -> None:

@@ -148,7 +148,7 @@ class Generation(GenerationCore, Iterator[str]):
         try:
             response = next(self._call)
         except StopIteration:
-            self._ended()
+            self._finish_at_end()
             raise
         except grpc.RpcError as error:
             self._finish(None)
