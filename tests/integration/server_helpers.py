@@ -153,8 +153,11 @@ def hold_model(running: Running, model: str, version: int = 0) -> Iterator[Hold]
         return real_run(*args, **kwargs)
 
     served.model.run = held_run  # type: ignore[method-assign]
+    # held calls must run in the worker thread: an inline (small) call would block the loop
+    inline, served.scheduler.inline_max_tokens = served.scheduler.inline_max_tokens, 0
     try:
         yield hold
     finally:
         hold.release.set()
         served.model.run = real_run  # type: ignore[method-assign]
+        served.scheduler.inline_max_tokens = inline

@@ -103,7 +103,11 @@ class InferenceEngine:
         for name, versions in loaded.items():
             self._models[name] = {}
             for version, model in versions.items():
-                store = StateStore(model.manifest.states)
+                logits_index = _language_model_logits(model.manifest)
+                width = 0
+                if logits_index is not None:
+                    width = model.manifest.outputs[logits_index].shape[0]
+                store = StateStore(model.manifest.states, last_output_width=width)
                 scheduler = BatchScheduler(
                     model,
                     store,
@@ -114,7 +118,7 @@ class InferenceEngine:
                 spec = model.manifest.input
                 codec = TextCodec(spec, name) if isinstance(spec, TokenInput) else None
                 self._models[name][version] = ServedModel(
-                    model, store, scheduler, codec, _language_model_logits(model.manifest)
+                    model, store, scheduler, codec, logits_index
                 )
                 self._stores[(name, version)] = store
         self._drained = asyncio.Event()
@@ -227,7 +231,6 @@ class InferenceEngine:
             try:
                 self._served(session).store.reset(session.slot)
                 session.step_count = 0
-                session.last_logits = None
             finally:
                 self._sessions.release(session)
             return self._sessions.view(session)
@@ -260,7 +263,7 @@ class InferenceEngine:
                 decoded.model, decoded.version, identity, step_count=decoded.step_count
             )
             served.store.write(session.slot, decoded.states)
-            session.last_logits = decoded.last_output
+            served.store.write_last_output(session.slot, decoded.last_output)
             return self._sessions.view(session)
 
     def _served_for_snapshot(self, decoded: snapshot.Snapshot) -> ServedModel:
@@ -305,7 +308,7 @@ class InferenceEngine:
             )
             if with_identity
             else None,
-            last_output=session.last_logits,
+            last_output=served.store.read_last_output(session.slot),
         )
 
     # ---- steps -------------------------------------------------------------------------------
@@ -361,7 +364,7 @@ class InferenceEngine:
         if session is not None:
             session.step_count += request.steps
             if served.logits_index is not None:
-                session.last_logits = raw[served.logits_index][-1].copy()
+                served.store.write_last_output(session.slot, raw[served.logits_index][-1])
         return raw
 
     async def predict(
@@ -458,7 +461,7 @@ class InferenceEngine:
     ) -> ModelInput | None:
         """The validated prompt, or None to continue from the session's last output."""
         if prompt is None or len(prompt) == 0:
-            if session is None or session.last_logits is None:
+            if session is None or not served.store.has_last_output(session.slot):
                 where = "a new session" if session is None else "this session"
                 raise InvalidInput(
                     f"a prompt is required: {where} has no output yet to continue from",
@@ -485,8 +488,9 @@ class InferenceEngine:
             raw = await self._run(served, session, prompt, None)
             logits = raw[logits_index][-1]
         else:
-            assert session.last_logits is not None
-            logits = session.last_logits
+            last = served.store.read_last_output(session.slot)
+            assert last is not None
+            logits = last
         for index in range(max_tokens):
             if self._stopping:
                 raise ShuttingDown("the server is shutting down; generation stopped")
@@ -549,7 +553,7 @@ class InferenceEngine:
                     step_count=decoded.step_count,
                 )
                 served.store.write(session.slot, decoded.states)
-                session.last_logits = decoded.last_output
+                served.store.write_last_output(session.slot, decoded.last_output)
                 restored += 1
             except (InvalidSnapshot, CapacityExceeded, ValueError) as err:
                 metrics.EVICTIONS.labels("dropped").inc()

@@ -80,7 +80,19 @@ class StepRequest:
 
 RunResult = tuple[list[FloatArray], list[FloatArray]]
 RunFunction = Callable[[npt.NDArray[np.generic], Sequence[FloatArray]], RunResult]
-DoneCallback = Callable[[RunResult | None, BaseException | None], None]
+# (result, error, seconds inside the model call)
+DoneCallback = Callable[[RunResult | None, BaseException | None, float], None]
+
+
+def timed_run(
+    run: RunFunction, inputs: npt.NDArray[np.generic], states: Sequence[FloatArray]
+) -> tuple[RunResult | None, BaseException | None, float]:
+    """Call the model once: (result, error, seconds spent in the call itself)."""
+    started = time.perf_counter()
+    try:
+        return run(inputs, states), None, time.perf_counter() - started
+    except Exception as err:
+        return None, err, time.perf_counter() - started
 
 
 class ModelWorker:
@@ -116,14 +128,9 @@ class ModelWorker:
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
             run, inputs, states, done = job
-            result: RunResult | None = None
-            error: BaseException | None = None
-            try:
-                result = run(inputs, states)
-            except Exception as err:
-                error = err
+            result, error, seconds = timed_run(run, inputs, states)
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                self._loop.call_soon_threadsafe(done, result, error)
+                self._loop.call_soon_threadsafe(done, result, error, seconds)
 
 
 class BatchScheduler:
@@ -145,7 +152,8 @@ class BatchScheduler:
     one dispatch for the end of the current loop iteration (so every request submitted in that
     iteration joins the batch), and the worker's completion callback delivers the results and
     launches the next batch at once. A step thus costs three loop iterations and two thread
-    hand-offs, with no extra task switches.
+    hand-offs, with no extra task switches. A small call (at most `inline_max_tokens` tokens)
+    skips the hand-offs: it runs on the loop thread and is delivered within the dispatch.
 
     States are gathered from the StateStore just before the call and scattered back when a
     message's last segment returns, on the event loop thread, only for requests whose future is
@@ -154,6 +162,13 @@ class BatchScheduler:
     """
 
     max_steps_per_call = 256
+    # Under light load, calls of at most this many tokens (batch x steps) run inline on the
+    # event loop thread: onnxruntime needs ~70 us for one token of the 2x256 LSTM, while the
+    # hand-off to the worker thread and back costs ~300 us of CPU (two thread wake-ups, three GIL
+    # hand-overs). "Light" is judged by the recent calls' mean size too: under load a small call
+    # would keep the loop from reading the messages that form the next, bigger batch, and
+    # batches would stay small. Bigger calls go to the worker, and the loop reads on meanwhile.
+    inline_max_tokens = 4
 
     def __init__(
         self, model: OnnxModel, store: StateStore, *, max_batch_size: int, max_queue: int
@@ -173,6 +188,7 @@ class BatchScheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._call_seconds = 0.001  # moving average of one call, for the Overloaded retry hint
+        self._call_tokens = 1.0  # moving average of tokens per call, to tell light load
         self._label = model.manifest.name
         # labelled metric children, looked up once (labels() costs a lock and a dict lookup)
         self._queue_time = metrics.QUEUE_TIME.labels(self._label)
@@ -306,8 +322,7 @@ class BatchScheduler:
                     self._groups.extend(groups.values())
                     continue
                 group = [r for r in self._groups.popleft() if not r.future.done()]
-                if group:
-                    self._launch(group)
+                if group and self._launch(group):
                     return
         except Exception as err:  # a bug here must not stop every session of the model
             log.exception("scheduler error for %s", self.model.key)
@@ -350,8 +365,12 @@ class BatchScheduler:
         """Steps the request's next call covers."""
         return min(request.steps - request.offset, self.max_steps_per_call)
 
-    def _launch(self, group: list[StepRequest]) -> None:
-        """Hand one group (same segment length) to the worker as one onnxruntime call."""
+    def _launch(self, group: list[StepRequest]) -> bool:
+        """Run one group (same segment length) as one onnxruntime call.
+
+        A small call runs inline on the loop thread and is delivered before this returns
+        (False); a bigger one goes to the worker thread (True: the worker is now busy).
+        """
         steps = self._segment(group[0])
         specs = self.store.specs
         # Fresh sessions (gathered from the store), then continuing long messages (their carried
@@ -381,23 +400,38 @@ class BatchScheduler:
                 for j, spec in enumerate(specs)
             ]
         inputs = np.stack([r.inputs[r.offset : r.offset + steps] for r in order])
+        call = _Call(order, steps, states)
+        tokens = len(order) * steps
+        self._call_tokens = 0.9 * self._call_tokens + 0.1 * tokens
+        if tokens <= self.inline_max_tokens and self._call_tokens <= self.inline_max_tokens:
+            self._complete(call, *timed_run(self.model.run, inputs, states))
+            return False
         assert self._worker is not None
-        self._call = _Call(order, steps, states, time.perf_counter())
+        self._call = call
         self._worker.call(self.model.run, inputs, states, self._on_done)
+        return True
 
-    def _on_done(self, result: RunResult | None, error: BaseException | None) -> None:
+    def _on_done(
+        self, result: RunResult | None, error: BaseException | None, seconds: float
+    ) -> None:
         """The worker finished a call (loop thread): deliver it, then launch the next group."""
         call, self._call = self._call, None
         if call is None:  # stop() failed its requests already
             return
+        self._complete(call, result, error, seconds)
+        self._dispatch()
+
+    def _complete(
+        self, call: _Call, result: RunResult | None, error: BaseException | None, seconds: float
+    ) -> None:
+        """Deliver one finished call (loop thread); `seconds` is the time inside the model."""
         try:
             if error is not None or result is None:
                 log.error("onnxruntime call failed for %s: %r", self.model.key, error)
                 self._fail(call.order, error or RuntimeError("no result"))
             else:
-                elapsed = time.perf_counter() - call.started
-                self._call_seconds = 0.8 * self._call_seconds + 0.2 * elapsed
-                self._compute_time.observe(elapsed)
+                self._call_seconds = 0.8 * self._call_seconds + 0.2 * seconds
+                self._compute_time.observe(seconds)
                 self._batch_size.observe(len(call.order))
                 self._steps.inc(len(call.order) * call.steps)
                 outputs, new_states = result
@@ -405,7 +439,6 @@ class BatchScheduler:
         except Exception as err:
             log.exception("delivering results failed for %s", self.model.key)
             self._fail(call.order, err)
-        self._dispatch()
 
     @staticmethod
     def _fail(group: list[StepRequest], error: BaseException) -> None:
@@ -485,11 +518,9 @@ class BatchScheduler:
 
 
 class _Call:
-    """The group in the worker: its requests in batch order, steps, input states, start time."""
+    """One group's onnxruntime call: its requests in batch order, steps, input states."""
 
-    __slots__ = ("order", "started", "states", "steps")
+    __slots__ = ("order", "states", "steps")
 
-    def __init__(
-        self, order: list[StepRequest], steps: int, states: list[FloatArray], started: float
-    ) -> None:
-        self.order, self.steps, self.states, self.started = order, steps, states, started
+    def __init__(self, order: list[StepRequest], steps: int, states: list[FloatArray]) -> None:
+        self.order, self.steps, self.states = order, steps, states

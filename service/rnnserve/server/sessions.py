@@ -11,8 +11,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
 from rnnserve.server import metrics
 from rnnserve.server.errors import (
     CapacityExceeded,
@@ -45,9 +43,7 @@ class Session:
     step_count: int = 0
     busy: bool = False
     closed: bool = False
-    # Language models only: the logits of the last step, so Generate can continue without a
-    # prompt. Vocabulary-sized, small beside the recurrent state.
-    last_logits: npt.NDArray[np.float32] | None = None
+    # (A language model's last logits, for Generate without a prompt, live in the StateStore.)
 
 
 class SessionManager:

@@ -23,12 +23,24 @@ class StateStore:
     loop thread touches a store, so growth never races a gather.
     """
 
-    def __init__(self, specs: Sequence[StateSpec], capacity: int = _INITIAL_CAPACITY) -> None:
+    def __init__(
+        self,
+        specs: Sequence[StateSpec],
+        capacity: int = _INITIAL_CAPACITY,
+        *,
+        last_output_width: int = 0,
+    ) -> None:
         self.specs = list(specs)
         self._capacity = max(1, capacity)
         self._arrays = [_filled(s, self._capacity) for s in self.specs]
         self._free: list[int] = list(range(self._capacity - 1, -1, -1))
         self.slot_bytes = sum(4 * int(np.prod(s.shape)) for s in self.specs)
+        # A language model's last logits per slot (for Generate without a prompt): rows of one
+        # [capacity, width] array beside the states, not one small array per session (~0.2 KB of
+        # object and allocator overhead each), and a flag saying which rows are set.
+        self._last_width = last_output_width
+        self._last = np.zeros((self._capacity, last_output_width), dtype=np.float32)
+        self._has_last = np.zeros(self._capacity, dtype=bool)
 
     @property
     def capacity(self) -> int:
@@ -58,13 +70,38 @@ class StateStore:
             new = _filled(spec, capacity)
             new[_key(spec, slice(0, self._capacity))] = old
             grown.append(new)
+        last = np.zeros((capacity, self._last_width), dtype=np.float32)
+        last[: self._capacity] = self._last
+        has_last = np.zeros(capacity, dtype=bool)
+        has_last[: self._capacity] = self._has_last
         self._free.extend(range(capacity - 1, self._capacity - 1, -1))
         self._arrays, self._capacity = grown, capacity
+        self._last, self._has_last = last, has_last
 
     def reset(self, slot: int) -> None:
-        """Set a slot back to the initial state."""
+        """Set a slot back to the initial state, with no last output."""
         for spec, array in zip(self.specs, self._arrays, strict=True):
             array[_key(spec, slot)] = spec.initial_value
+        self._has_last[slot] = False
+
+    def has_last_output(self, slot: int) -> bool:
+        """True if the slot holds a last output row."""
+        return bool(self._has_last[slot])
+
+    def read_last_output(self, slot: int) -> FloatArray | None:
+        """The slot's last output row (a copy), or None if it has none."""
+        if not self._has_last[slot]:
+            return None
+        row: FloatArray = self._last[slot].copy()
+        return row
+
+    def write_last_output(self, slot: int, row: FloatArray | None) -> None:
+        """Set (or with None, clear) the slot's last output row."""
+        if row is None:
+            self._has_last[slot] = False
+            return
+        self._last[slot] = row
+        self._has_last[slot] = True
 
     def gather(self, slots: SlotArray) -> list[FloatArray]:
         """The states of `slots` as batch tensors in the model's layout (fresh copies)."""

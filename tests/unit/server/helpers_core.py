@@ -47,7 +47,10 @@ class Gate:
 
         self._let_through = let_through
         versions = engine._models[model]
-        self.model = versions[version or max(versions)].model
+        served = versions[version or max(versions)]
+        self.model = served.model
+        # gated calls must run in the worker thread: an inline (small) call would block the loop
+        served.scheduler.inline_max_tokens = 0
         self._run = self.model.run
         self.opened = threading.Event()
         self.entered = threading.Event()
