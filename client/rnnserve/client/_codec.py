@@ -173,7 +173,11 @@ def decode_model(model: pb.ModelInfo) -> ModelInfo:
         bidirectional=model.bidirectional,
         streamable=model.streamable,
         input_kind=model.input_kind,
-        vocabulary=Vocabulary(model.vocabulary) if model.vocabulary else None,
+        vocabulary=(
+            Vocabulary(model.vocabulary, word_level=bool(model.token_pattern))
+            if model.vocabulary
+            else None
+        ),
         feature_width=model.feature_width,
         outputs=tuple(
             OutputInfo(name=o.name, meaning=o.meaning, shape=tuple(o.shape), labels=tuple(o.labels))

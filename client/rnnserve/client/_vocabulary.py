@@ -14,11 +14,13 @@ class Vocabulary:
     Encoding is one token per character, which is what a character model's server does; text
     that holds a character missing from the vocabulary cannot be encoded here (``can_encode``
     says so) and is then sent to the server as text, which applies the model's unknown-token rule
-    or names the offending position.
+    or names the offending position. A word-level vocabulary (the model has a ``token_pattern``)
+    never encodes here: its text always goes to the server, which splits it into words.
     """
 
-    def __init__(self, tokens: Sequence[str]) -> None:
+    def __init__(self, tokens: Sequence[str], *, word_level: bool = False) -> None:
         self._tokens: tuple[str, ...] = tuple(tokens)
+        self._word_level = word_level
         ids: dict[str, int] = {}
         for index, token in enumerate(self._tokens):
             # The first id wins, as a server scanning the vocabulary would pick it.
@@ -41,8 +43,8 @@ class Vocabulary:
         return f"Vocabulary({len(self._tokens)} tokens)"
 
     def can_encode(self, text: str) -> bool:
-        """Whether every character of ``text`` is a token of this vocabulary."""
-        return all(char in self._ids for char in text)
+        """Whether every character of ``text`` is a token of this (character) vocabulary."""
+        return not self._word_level and all(char in self._ids for char in text)
 
     def encode(self, text: str) -> npt.NDArray[np.int64]:
         """Token ids of ``text``, one per character.
@@ -59,7 +61,7 @@ class Vocabulary:
         return ids
 
     def decode(self, ids: Iterable[int] | npt.NDArray[np.integer]) -> str:
-        """The text of a sequence of token ids.
+        """The text of a sequence of token ids (words joined by spaces in a word vocabulary).
 
         Raises:
             IndexError: an id lies outside the vocabulary.
@@ -69,7 +71,7 @@ class Vocabulary:
             if not 0 <= token_id < len(self._tokens):
                 raise IndexError(f"token id {token_id} outside [0, {len(self._tokens)})")
             pieces.append(self._tokens[token_id])
-        return "".join(pieces)
+        return (" " if self._word_level else "").join(pieces)
 
     def token(self, token_id: int) -> str:
         """The text of one token id."""

@@ -1390,6 +1390,8 @@ class ModelInfo(_message.Message):
     MAX_STEPS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
+    TOKEN_PATTERN_FIELD_NUMBER: _builtins.int
+    LOWERCASE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Model name."""
     version: _builtins.int
@@ -1412,6 +1414,12 @@ class ModelInfo(_message.Message):
     """Most steps one message may carry."""
     description: _builtins.str
     """Free-text description."""
+    token_pattern: _builtins.str
+    """Word-level token models: a regular expression whose matches (Python `re.findall`) are the
+    tokens of a text; empty means one token per character. The server applies it to `text` input.
+    """
+    lowercase: _builtins.bool
+    """Whether text is lowercased before it is split into tokens."""
     @_builtins.property
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Every version served, ascending."""
@@ -1451,10 +1459,12 @@ class ModelInfo(_message.Message):
         max_steps_per_message: _builtins.int = ...,
         description: _builtins.str = ...,
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        token_pattern: _builtins.str = ...,
+        lowercase: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bidirectional", b"bidirectional", "cell", b"cell", "description", b"description", "feature_width", b"feature_width", "input_kind", b"input_kind", "max_steps_per_message", b"max_steps_per_message", "metrics", b"metrics", "name", b"name", "outputs", b"outputs", "state_bytes", b"state_bytes", "states", b"states", "streamable", b"streamable", "task", b"task", "version", b"version", "versions", b"versions", "vocabulary", b"vocabulary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bidirectional", b"bidirectional", "cell", b"cell", "description", b"description", "feature_width", b"feature_width", "input_kind", b"input_kind", "lowercase", b"lowercase", "max_steps_per_message", b"max_steps_per_message", "metrics", b"metrics", "name", b"name", "outputs", b"outputs", "state_bytes", b"state_bytes", "states", b"states", "streamable", b"streamable", "task", b"task", "token_pattern", b"token_pattern", "version", b"version", "versions", b"versions", "vocabulary", b"vocabulary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

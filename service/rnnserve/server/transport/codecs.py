@@ -326,6 +326,8 @@ def encode_model(description: ModelDescription) -> pb.ModelInfo:
     )
     if manifest.input.kind == "tokens":
         info.vocabulary.extend(manifest.input.vocabulary)
+        info.token_pattern = manifest.input.token_pattern or ""
+        info.lowercase = manifest.input.lowercase
     else:
         info.feature_width = manifest.input.width
     try:
