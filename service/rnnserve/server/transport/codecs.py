@@ -266,9 +266,18 @@ def encode_session(view: SessionView) -> pb.SessionInfo:
 
 def encode_output(result: OutputResult) -> pb.Output:
     """One model output for the returned steps."""
-    output = pb.Output(name=result.name, meaning=result.meaning)
+    output = pb.Output()
+    fill_output(output, result)
+    return output
+
+
+def fill_output(output: pb.Output, result: OutputResult) -> None:
+    """Write one model output into `output` in place (building sub-messages and copying them
+    in would copy every tensor's bytes once more)."""
+    output.name = result.name
+    output.meaning = result.meaning
     if result.tensor is not None:
-        output.tensor.CopyFrom(encode_tensor(result.tensor))
+        fill_tensor(output.tensor, result.tensor)
     if result.top_k_indices is not None and result.top_k_probabilities is not None:
         labels = result.top_k_labels or [[] for _ in range(len(result.top_k_indices))]
         for indices, probabilities, names in zip(
@@ -279,16 +288,33 @@ def encode_output(result: OutputResult) -> pb.Output:
         output.argmax.extend(result.argmax.tolist())
     if result.labels is not None:
         output.labels.extend(result.labels)
-    return output
+
+
+def fill_tensor(tensor: pb.Tensor, array: npt.NDArray[np.generic]) -> None:
+    """Write an array into `tensor` in place (as encode_tensor)."""
+    if array.dtype == np.float32:  # the common case: model outputs
+        tensor.dtype = pb.DATA_TYPE_FLOAT32
+        tensor.raw_data = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    else:
+        encoded = encode_tensor(array)
+        tensor.dtype, tensor.raw_data = encoded.dtype, encoded.raw_data
+    tensor.shape.extend(array.shape)
 
 
 def encode_step(outcome: StepOutcome) -> pb.StepResult:
     """The result of one message of input."""
-    return pb.StepResult(
-        outputs=[encode_output(o) for o in outcome.outputs],
-        steps=outcome.steps,
-        step_count=outcome.step_count,
-    )
+    result = pb.StepResult()
+    fill_step(result, outcome)
+    return result
+
+
+def fill_step(result: pb.StepResult, outcome: StepOutcome) -> None:
+    """Write the result of one message of input into `result` in place (e.g. a response's
+    `result` field, so that nothing is built twice)."""
+    for output in outcome.outputs:
+        fill_output(result.outputs.add(), output)
+    result.steps = outcome.steps
+    result.step_count = outcome.step_count
 
 
 def encode_token(token: GeneratedToken) -> pb.GenerateResponse:

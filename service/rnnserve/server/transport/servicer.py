@@ -75,7 +75,9 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
             )
         except RnnServeError as err:
             raise codecs.request_field(err, "input") from None
-        return pb.StepResponse(result=codecs.encode_step(outcome))
+        response = pb.StepResponse()
+        codecs.fill_step(response.result, outcome)
+        return response
 
     @rpc_handler
     async def GetSession(

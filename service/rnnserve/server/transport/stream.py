@@ -91,7 +91,9 @@ class StreamConversation:
                 )
             except RnnServeError as err:
                 raise codecs.request_field(err, "step") from None
-            return pb.StreamResponse(result=codecs.encode_step(outcome))
+            response = pb.StreamResponse()
+            codecs.fill_step(response.result, outcome)
+            return response
         return await self._control(session_id, request.control)
 
     async def _open(self, message: pb.OpenSession) -> pb.StreamResponse:
