@@ -165,9 +165,11 @@ class BatchScheduler:
     # Under light load, calls of at most this many tokens (batch x steps) run inline on the
     # event loop thread: onnxruntime needs ~70 us for one token of the 2x256 LSTM, while the
     # hand-off to the worker thread and back costs ~300 us of CPU (two thread wake-ups, three GIL
-    # hand-overs). "Light" is judged by the recent calls' mean size too: under load a small call
-    # would keep the loop from reading the messages that form the next, bigger batch, and
-    # batches would stay small. Bigger calls go to the worker, and the loop reads on meanwhile.
+    # hand-overs). "Light" is judged by the recent calls' mean number of sequences too: under
+    # load a small call would keep the loop from reading the messages that form the next, bigger
+    # batch, and batches would stay small. (Sequences, not tokens: a long prompt says nothing
+    # about load and must not send the session's next steps to the worker.) Bigger calls go to
+    # the worker, and the loop reads on meanwhile.
     inline_max_tokens = 4
 
     def __init__(
@@ -188,7 +190,7 @@ class BatchScheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._call_seconds = 0.001  # moving average of one call, for the Overloaded retry hint
-        self._call_tokens = 1.0  # moving average of tokens per call, to tell light load
+        self._call_batch = 1.0  # moving average of sequences per call, to tell light load
         self._label = model.manifest.name
         # labelled metric children, looked up once (labels() costs a lock and a dict lookup)
         self._queue_time = metrics.QUEUE_TIME.labels(self._label)
@@ -401,9 +403,10 @@ class BatchScheduler:
             ]
         inputs = np.stack([r.inputs[r.offset : r.offset + steps] for r in order])
         call = _Call(order, steps, states)
-        tokens = len(order) * steps
-        self._call_tokens = 0.9 * self._call_tokens + 0.1 * tokens
-        if tokens <= self.inline_max_tokens and self._call_tokens <= self.inline_max_tokens:
+        self._call_batch = 0.9 * self._call_batch + 0.1 * len(order)
+        if len(order) * steps <= self.inline_max_tokens and (
+            self._call_batch <= self.inline_max_tokens
+        ):
             self._complete(call, *timed_run(self.model.run, inputs, states))
             return False
         assert self._worker is not None
