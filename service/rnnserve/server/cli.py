@@ -85,6 +85,27 @@ def _command_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_models_inspect(args: argparse.Namespace) -> int:
+    # The inspector reads the graph with the `onnx` package, which the [server] extra leaves out.
+    try:
+        from google.protobuf.message import DecodeError
+        from rnnserve.training.inspect_onnx import InspectionError, propose_manifest_json
+    except ModuleNotFoundError as err:
+        print(
+            f"rnnserve: inspecting needs the {err.name!r} package: pip install 'rnnserve[train]' "
+            "(or just onnx)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        text = propose_manifest_json(args.onnx, name=args.name)
+    except (InspectionError, OSError, DecodeError) as err:
+        print(f"rnnserve: {args.onnx}: not a recurrent ONNX model: {err}", file=sys.stderr)
+        return 1
+    print(text, end="")
+    return 0
+
+
 def _state_bytes(manifest: Any) -> int:
     return sum(4 * math.prod(state.shape) for state in manifest.states)
 
@@ -189,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(handler=_command_models_list)
+    inspect = model_commands.add_parser(
+        "inspect",
+        help="propose a manifest (model.json) for an ONNX file with recurrent state",
+        description="Reads the graph, finds its recurrent ops and state inputs/outputs, checks "
+        "them with onnxruntime, and prints a manifest to review and save as model.json.",
+    )
+    inspect.add_argument("onnx", type=Path, help="the .onnx file")
+    inspect.add_argument("--name", default=None, help="model name (default: from the file name)")
+    inspect.set_defaults(handler=_command_models_inspect)
 
     health = commands.add_parser(
         "healthcheck",

@@ -117,3 +117,25 @@ def test_healthcheck_unreachable_exits_2(capsys: pytest.CaptureFixture[str]) -> 
     code = cli.main(["healthcheck", "--port", str(port), "--timeout", "0.5"])
     assert code == cli.HEALTH_EXIT_UNREACHABLE
     assert "unreachable" in capsys.readouterr().err
+
+
+def test_models_inspect_proposes_a_servable_manifest(
+    tiny_repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rnnserve.server.manifest import ModelManifest
+    from tiny_models import LSTM_LM
+
+    onnx_file = tiny_repository / LSTM_LM / "1" / "model.onnx"
+    assert cli.main(["models", "inspect", str(onnx_file), "--name", "mine"]) == 0
+    proposal = ModelManifest.model_validate_json(capsys.readouterr().out)
+    assert (proposal.name, proposal.cell, proposal.streamable) == ("mine", "lstm", True)
+    assert proposal.input.kind == "tokens" and len(proposal.states) == 2  # h and c
+
+
+def test_models_inspect_refuses_a_file_that_is_not_onnx(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bogus = tmp_path / "model.onnx"
+    bogus.write_bytes(b"not a graph")
+    assert cli.main(["models", "inspect", str(bogus)]) == 1
+    assert str(bogus) in capsys.readouterr().err
