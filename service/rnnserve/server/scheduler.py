@@ -21,6 +21,9 @@ from rnnserve.server.state_store import StateStore
 
 log = logging.getLogger(__name__)
 
+# How close to its deadline a finished step may still commit (see _deliver).
+_DEADLINE_MARGIN_S = 0.002
+
 
 class RequestStatus(enum.Enum):
     QUEUED = "queued"
@@ -465,9 +468,19 @@ class BatchScheduler:
         """
         specs = self.store.specs
         finished: list[int] = []
+        # A caller whose deadline passed while its call ran has been told DEADLINE_EXCEEDED (or is
+        # about to be): committing now would advance a state the client believes unchanged.
+        # The margin covers the caller's clock running slightly ahead of ours.
+        late = time.monotonic() + _DEADLINE_MARGIN_S
         for index, request in enumerate(order):
             if request.future.done():  # cancelled meanwhile: no commit
                 request.status = RequestStatus.DONE
+                continue
+            if request.deadline is not None and late > request.deadline:
+                request.status = RequestStatus.DONE
+                request.future.set_exception(
+                    DeadlineExceeded("the deadline passed while the step ran; state unchanged")
+                )
                 continue
             request.offset += steps
             if request.offset < request.steps:

@@ -192,6 +192,24 @@ async def test_deadline_passing_in_the_queue_drops_the_step(engine: InferenceEng
     np.testing.assert_array_equal(await feed(engine, session, NEXT), await feed(engine, twin, NEXT))
 
 
+async def test_deadline_passing_while_the_step_runs_commits_nothing(
+    engine: InferenceEngine,
+) -> None:
+    session = await twin_session(engine, tm.RNN_LM, PREFIX)
+    twin = await twin_session(engine, tm.RNN_LM, PREFIX)
+    gate = Gate(engine, tm.RNN_LM)
+    step = asyncio.create_task(
+        engine.step(session, ME, NEXT, OutputOptions(), deadline=time.monotonic() + 0.05)
+    )
+    await gate.wait_entered()
+    await asyncio.sleep(0.1)  # the caller's deadline passes while onnxruntime still runs
+    gate.open()
+    with pytest.raises(DeadlineExceeded, match="ran"):
+        await step
+    assert (await engine.get_session(session, ME)).step_count == len(PREFIX)
+    np.testing.assert_array_equal(await feed(engine, session, NEXT), await feed(engine, twin, NEXT))
+
+
 async def test_full_queue_answers_overloaded_with_a_retry_hint(make_engine: Any) -> None:
     engine = await make_engine(max_queue=1)
     sessions = [(await engine.create_session(tm.RNN_LM, 0, ME)).session_id for _ in range(3)]
