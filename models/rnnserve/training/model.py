@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -29,6 +29,32 @@ class NetworkSpec:
     input_width: int | None = None  # feature input: [batch, time, width]
     bidirectional: bool = False
     dropout: float = 0.0
+
+    @classmethod
+    def from_config(
+        cls,
+        network: Mapping[str, Any],
+        *,
+        output_size: int,
+        vocab_size: int | None = None,
+        input_width: int | None = None,
+        bidirectional: bool = False,
+        default_embedding_size: int = 64,
+    ) -> NetworkSpec:
+        """The spec a config's `network` section gives; the data gives input and output sizes."""
+        return cls(
+            cell=network["cell"],
+            layers=network["layers"],
+            hidden_size=network["hidden_size"],
+            output_size=output_size,
+            vocab_size=vocab_size,
+            embedding_size=(
+                network.get("embedding_size", default_embedding_size) if vocab_size else None
+            ),
+            input_width=input_width,
+            bidirectional=bidirectional,
+            dropout=network.get("dropout", 0.0),
+        )
 
     @property
     def directions(self) -> int:

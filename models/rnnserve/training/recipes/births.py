@@ -54,14 +54,8 @@ def build(config: RunConfig) -> Recipe:
         batch_size=config.training.batch_size,
         window=config.training.seq_len,
     )
-    net = config.network
-    spec = NetworkSpec(
-        cell=net["cell"],
-        layers=net["layers"],
-        hidden_size=net["hidden_size"],
-        input_width=len(births.FEATURE_NAMES),
-        output_size=1,
-        dropout=net.get("dropout", 0.0),
+    spec = NetworkSpec.from_config(
+        config.network, input_width=len(births.FEATURE_NAMES), output_size=1
     )
 
     def finish(model: nn.Module) -> tuple[dict[str, float], dict[str, str]]:

@@ -58,16 +58,8 @@ def build(config: RunConfig) -> Recipe:
         )
         for name, items in sentences.items()
     }
-    net = config.network
-    spec = NetworkSpec(
-        cell=net["cell"],
-        layers=net["layers"],
-        hidden_size=net["hidden_size"],
-        embedding_size=net.get("embedding_size", 64),
-        vocab_size=len(vocabulary),
-        output_size=len(tags),
-        bidirectional=True,
-        dropout=net.get("dropout", 0.0),
+    spec = NetworkSpec.from_config(
+        config.network, vocab_size=len(vocabulary), output_size=len(tags), bidirectional=True
     )
     task = TaggerTask(
         splits,

@@ -34,14 +34,11 @@ def build(config: RunConfig) -> Recipe:
         "validation": encode(text[cut_val:cut_test], vocabulary),
         "test": encode(text[cut_test:], vocabulary),
     }
-    net = config.network
-    spec = NetworkSpec(
-        cell=net["cell"],
-        layers=net["layers"],
-        hidden_size=net["hidden_size"],
-        embedding_size=net.get("embedding_size", 8),
+    spec = NetworkSpec.from_config(
+        config.network,
         vocab_size=len(vocabulary),
         output_size=len(vocabulary),
+        default_embedding_size=8,
     )
     task = LanguageModelTask(
         ids, config.training.batch_size, config.training.seq_len, eval_streams=4

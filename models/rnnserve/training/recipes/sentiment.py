@@ -78,15 +78,8 @@ def build(config: RunConfig) -> Recipe:
         name: ([encode_words(e.tokens, index) or [0] for e in items], [e.label for e in items])
         for name, items in examples.items()
     }
-    net = config.network
-    spec = NetworkSpec(
-        cell=net["cell"],
-        layers=net["layers"],
-        hidden_size=net["hidden_size"],
-        embedding_size=net.get("embedding_size", 64),
-        vocab_size=len(vocabulary),
-        output_size=len(sentiment.LABELS),
-        dropout=net.get("dropout", 0.0),
+    spec = NetworkSpec.from_config(
+        config.network, vocab_size=len(vocabulary), output_size=len(sentiment.LABELS)
     )
     task = ClassifierTask(splits, config.training.batch_size)
 

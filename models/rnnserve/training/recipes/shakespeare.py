@@ -21,15 +21,8 @@ def build(config: RunConfig) -> Recipe:
         "validation": encode(splits.validation, vocabulary),
         "test": encode(splits.test, vocabulary),
     }
-    net = config.network
-    spec = NetworkSpec(
-        cell=net["cell"],
-        layers=net["layers"],
-        hidden_size=net["hidden_size"],
-        embedding_size=net.get("embedding_size", 64),
-        vocab_size=len(vocabulary),
-        output_size=len(vocabulary),
-        dropout=net.get("dropout", 0.0),
+    spec = NetworkSpec.from_config(
+        config.network, vocab_size=len(vocabulary), output_size=len(vocabulary)
     )
     task = LanguageModelTask(ids, config.training.batch_size, config.training.seq_len)
 
