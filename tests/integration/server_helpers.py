@@ -142,8 +142,7 @@ def hold_model(running: Running, model: str, version: int = 0) -> Iterator[Hold]
     White-box on purpose: it wraps the loaded OnnxModel's `run` so a test can cancel a step, or
     let a deadline pass, while the step is certainly in flight.
     """
-    versions = running.server.engine._models[model]
-    served = versions[version or max(versions)]
+    served = running.server.engine.registry.resolve(model, version)
     hold = Hold(threading.Event(), threading.Event())
     real_run = served.model.run
 

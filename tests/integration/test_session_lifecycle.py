@@ -75,7 +75,7 @@ async def test_capacity_reclaims_an_expired_session(
 async def test_evicted_session_says_so(rpc: Running) -> None:
     a = await open_session(rpc.stub, GRU_LM)
     # The core evicts only under its own policies; evict directly to check what a client sees.
-    sessions = rpc.server.engine._sessions
+    sessions = rpc.server.engine.sessions
     sessions.remove(sessions.get(a, "alice"), "evicted")
     err = await expect_error(step(rpc.stub, a, tokens([1])))
     assert err.code() == grpc.StatusCode.NOT_FOUND

@@ -10,10 +10,13 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
-from rnnserve.server.manifest import ModelManifest, load_manifest  # noqa: E402
+from rnnserve.server.inspect_onnx import InspectionError, propose_manifest  # noqa: E402
+from rnnserve.server.manifest import (  # noqa: E402
+    ModelManifest,
+    file_sha256,
+    load_manifest,
+)
 from rnnserve.training.cli import main  # noqa: E402
-from rnnserve.training.fetch import sha256_of  # noqa: E402
-from rnnserve.training.inspect_onnx import InspectionError, propose_manifest  # noqa: E402
 
 
 @pytest.mark.torch
@@ -39,7 +42,7 @@ def test_inspect_an_exported_lstm_language_model(tmp_path: Path) -> None:
         ("c0", "cn", [2, 10], 1),
     ]
     assert manifest.architecture.layers == 2 and manifest.architecture.hidden_size == 10
-    assert manifest.versions[0].sha256 == sha256_of(path)
+    assert manifest.versions[0].sha256 == file_sha256(path)
     assert any("vocabulary" in g for g in guesses)
 
 

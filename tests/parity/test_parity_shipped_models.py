@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rnnserve.server.manifest import ONNX_FILENAME, ModelManifest, load_manifest
-from rnnserve.training.fetch import sha256_of
+from rnnserve.server.manifest import ONNX_FILENAME, ModelManifest, file_sha256, load_manifest
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -31,7 +30,7 @@ def test_shipped_model_matches_its_manifest(path: Path) -> None:
     assert manifest.name == path.parent.name
     for info in manifest.versions:
         onnx_path = path.parent / str(info.version) / ONNX_FILENAME
-        assert sha256_of(onnx_path) == info.sha256
+        assert file_sha256(onnx_path) == info.sha256
         # relative for large logits (see rnnserve.training.export._max_scaled_diff)
         assert info.export.parity["max_scaled_diff"] <= PARITY_TOLERANCE
         assert max(info.export.parity.values()) <= 10 * PARITY_TOLERANCE

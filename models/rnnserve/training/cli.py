@@ -58,7 +58,7 @@ def _cmd_build_repository(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from rnnserve.training.inspect_onnx import propose_manifest_json
+    from rnnserve.server.inspect_onnx import propose_manifest_json
 
     text = propose_manifest_json(Path(args.onnx), name=args.name)
     if args.write:

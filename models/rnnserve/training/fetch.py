@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -12,6 +11,8 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from rnnserve.server.manifest import file_sha256
 
 DATA_DIR_ENV = "RNNSERVE_DATA_DIR"
 COMPLETE_MARKER = ".complete"
@@ -94,18 +95,9 @@ def data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV, Path.cwd() / ".cache" / "data"))
 
 
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_checksum(path: Path, expected: str) -> None:
     """Raise ChecksumError unless `path` has the sha256 `expected`."""
-    actual = sha256_of(path)
+    actual = file_sha256(path)
     if actual != expected:
         raise ChecksumError(
             f"{path.name}: sha256 mismatch, expected {expected} (pinned), got {actual}; "

@@ -7,10 +7,15 @@ import shutil
 from pathlib import Path
 
 import torch
-from rnnserve.server.manifest import MANIFEST_FILENAME, ONNX_FILENAME, dump_manifest, load_manifest
+from rnnserve.server.manifest import (
+    MANIFEST_FILENAME,
+    ONNX_FILENAME,
+    dump_manifest,
+    file_sha256,
+    load_manifest,
+)
 from rnnserve.training.config import RunConfig
 from rnnserve.training.export import ExportWrapper, check_parity, export_onnx
-from rnnserve.training.fetch import sha256_of
 from rnnserve.training.manifest_writer import build_manifest
 from rnnserve.training.model import NetworkSpec, RecurrentNet
 from rnnserve.training.recipe import build_recipe
@@ -67,7 +72,7 @@ def publish_run(
         output_meaning=recipe.output_meaning,
         output_labels=recipe.output_labels,
         version=version,
-        sha256=sha256_of(onnx_path),
+        sha256=file_sha256(onnx_path),
         metrics={k: round(float(v), 6) for k, v in metrics.items()},
         notes=notes,
         opset=config.opset,

@@ -14,7 +14,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from rnnserve.server.engine import InferenceEngine
-from rnnserve.server.logging import configure_logging
+from rnnserve.server.logs import configure_logging
 from rnnserve.server.settings import Settings
 from rnnserve.server.transport.servicer import InferenceServicer
 from rnnserve.v1 import rnnserve_pb2, rnnserve_pb2_grpc

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 import types
 from collections.abc import Sequence
@@ -89,7 +88,7 @@ def _command_models_inspect(args: argparse.Namespace) -> int:
     # The inspector reads the graph with the `onnx` package, which the [server] extra leaves out.
     try:
         from google.protobuf.message import DecodeError
-        from rnnserve.training.inspect_onnx import InspectionError, propose_manifest_json
+        from rnnserve.server.inspect_onnx import InspectionError, propose_manifest_json
     except ModuleNotFoundError as err:
         print(
             f"rnnserve: inspecting needs the {err.name!r} package: pip install 'rnnserve[train]' "
@@ -104,10 +103,6 @@ def _command_models_inspect(args: argparse.Namespace) -> int:
         return 1
     print(text, end="")
     return 0
-
-
-def _state_bytes(manifest: Any) -> int:
-    return sum(4 * math.prod(state.shape) for state in manifest.states)
 
 
 def _command_models_list(args: argparse.Namespace) -> int:
@@ -132,7 +127,7 @@ def _command_models_list(args: argparse.Namespace) -> int:
                 "cell": manifest.cell + ("-bi" if manifest.bidirectional else ""),
                 "input": f"{spec.kind}[{width}]",
                 "streamable": "yes" if manifest.streamable else "no",
-                "state_bytes": str(_state_bytes(manifest)),
+                "state_bytes": str(manifest.state_bytes),
             }
         )
     if args.json:

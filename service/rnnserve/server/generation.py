@@ -1,13 +1,24 @@
-"""Sampling the next token (temperature, top-k, top-p, seeded) and spotting stop strings."""
+"""Generation: sampling the next token (temperature, top-k, top-p, seeded), stop strings, loop."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import AsyncGenerator, Callable
 
 import numpy as np
 import numpy.typing as npt
-from rnnserve.server.errors import InvalidInput
-from rnnserve.server.types import SamplingParams
+from rnnserve.server.domain import (
+    FinishReason,
+    GeneratedToken,
+    GenerationRequest,
+    InputData,
+    SamplingParams,
+)
+from rnnserve.server.errors import InvalidInput, SessionNotFound, ShuttingDown
+from rnnserve.server.inputs import ModelInput
+from rnnserve.server.registry import ModelRegistry, ServedModel
+from rnnserve.server.sessions import Session, SessionManager
 
 
 def check_sampling(params: SamplingParams) -> None:
@@ -72,3 +83,124 @@ class StopMatcher:
         hit = any(stop in window for stop in self.stops)
         self._tail = window[-self._keep :]
         return hit
+
+
+class Generation:
+    """Server-side generation: a prompt, then one sampled token at a time, each streamed at once.
+
+    The prompt runs as one chunk, then one step per generated token. Each token is fed to the
+    model before it is yielded, so the session's state always covers the prompt and every token
+    the caller has received; cancelling the consumer stops at once and leaves the state at the
+    last yielded token.
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        sessions: SessionManager,
+        *,
+        max_tokens: int,
+        stopping: Callable[[], bool],
+    ) -> None:
+        self._registry = registry
+        self._sessions = sessions
+        self._max_tokens = max_tokens
+        self._stopping = stopping
+
+    async def generate(
+        self, request: GenerationRequest, identity: str
+    ) -> AsyncGenerator[GeneratedToken, None]:
+        """Sample tokens on a new session (`request.model`) or an existing one, yielding each."""
+        check_sampling(request.sampling)
+        max_tokens = request.max_tokens or self._max_tokens
+        if not 0 < max_tokens <= self._max_tokens:
+            raise InvalidInput(
+                f"max_tokens must be in [1, {self._max_tokens}], got {request.max_tokens}",
+                field="max_tokens",
+            )
+        created = request.session_id is None
+        if created:
+            if request.model is None:
+                raise InvalidInput("a model or a session_id is required", field="model")
+            served = self._registry.resolve(request.model, request.version)
+            served.require_language_model()
+            served.require_streamable()
+            prompt = _prompt(served, request.prompt, None)
+            session = self._sessions.create(request.model, served.model.version, identity)
+            session = self._sessions.acquire(session.session_id, identity)
+        else:
+            assert request.session_id is not None
+            session = self._sessions.acquire(request.session_id, identity)
+            served = self._registry.served(session.key)
+        yielded = False
+        try:
+            if not created:
+                served.require_language_model()
+                prompt = _prompt(served, request.prompt, session)
+            tokens = self._sample(served, session, prompt, request, max_tokens)
+            async with contextlib.aclosing(tokens):
+                async for token in tokens:
+                    yielded = True
+                    yield token
+        finally:
+            self._sessions.release(session)
+            # A new session is closed when asked, or when the caller never learnt its id.
+            if created and (request.close_session or not yielded):
+                self._sessions.remove(session, "closed")
+
+    async def _sample(
+        self,
+        served: ServedModel,
+        session: Session,
+        prompt: ModelInput | None,
+        request: GenerationRequest,
+        max_tokens: int,
+    ) -> AsyncGenerator[GeneratedToken, None]:
+        codec, logits_index = served.require_language_model()
+        sampler = Sampler(request.sampling)
+        stops = StopMatcher(request.stop)
+        if prompt is not None:
+            logits = (await served.run(prompt, session.slot))[logits_index][-1]
+        else:
+            last = served.store.read_last_output(session.slot)
+            assert last is not None
+            logits = last
+        for index in range(max_tokens):
+            if self._stopping():
+                raise ShuttingDown("the server is shutting down; generation stopped")
+            if session.closed:  # closed by another call while generating
+                raise SessionNotFound(session.session_id, "closed")
+            token = sampler.sample(logits)
+            text = codec.vocabulary[token]
+            raw = await served.run(np.array([token], dtype=np.int64), session.slot)
+            logits = raw[logits_index][-1]
+            finish = None
+            if stops.feed(text):
+                finish = FinishReason.STOP
+            elif index == max_tokens - 1:
+                finish = FinishReason.LENGTH
+            yield GeneratedToken(
+                session_id=session.session_id,
+                token_id=token,
+                text=text,
+                index=index,
+                step_count=session.step_count,
+                finish_reason=finish,
+            )
+            if finish is not None:
+                return
+
+
+def _prompt(
+    served: ServedModel, prompt: InputData | None, session: Session | None
+) -> ModelInput | None:
+    """The validated prompt, or None to continue from the session's last output."""
+    if prompt is None or len(prompt) == 0:
+        if session is None or not served.store.has_last_output(session.slot):
+            where = "a new session" if session is None else "this session"
+            raise InvalidInput(
+                f"a prompt is required: {where} has no output yet to continue from",
+                field="prompt",
+            )
+        return None
+    return served.validate(prompt)

@@ -6,9 +6,9 @@ import re
 
 import numpy as np
 import numpy.typing as npt
+from rnnserve.server.domain import InputData
 from rnnserve.server.errors import InvalidInput
 from rnnserve.server.manifest import FeatureInput, ModelManifest, TokenInput
-from rnnserve.server.types import InputData
 
 ModelInput = npt.NDArray[np.int64] | npt.NDArray[np.float32]
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -94,6 +95,11 @@ class StateSpec(_Strict):
     dtype: Literal["float32"] = "float32"
     initial_value: float = 0.0
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of this state for one sequence (float32)."""
+        return 4 * math.prod(self.shape)
+
     def full_shape(self, batch: int) -> list[int]:
         shape = list(self.shape)
         shape.insert(self.batch_axis, batch)
@@ -167,6 +173,11 @@ class ModelManifest(_Strict):
         return self
 
     @property
+    def state_bytes(self) -> int:
+        """Bytes of recurrent state one session of this model holds."""
+        return sum(state.nbytes for state in self.states)
+
+    @property
     def latest_version(self) -> int:
         return max(v.version for v in self.versions)
 
@@ -187,6 +198,10 @@ def dump_manifest(manifest: ModelManifest, path: Path) -> None:
     path.write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n", encoding="utf-8")
 
 
-def manifest_json_schema() -> str:
-    """The JSON Schema of the manifest, for people and tools outside Python."""
-    return json.dumps(ModelManifest.model_json_schema(), indent=2) + "\n"
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file (what a manifest records for each version's onnx file)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -6,17 +6,21 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
+from rnnserve.server.domain import (
+    FloatArray,
+    OutputFormat,
+    OutputOptions,
+    OutputResult,
+    OutputSteps,
+)
 from rnnserve.server.errors import InvalidInput
 from rnnserve.server.manifest import OutputSpec
-from rnnserve.server.types import OutputFormat, OutputOptions, OutputResult, OutputSteps
-
-FloatArray = npt.NDArray[np.float32]
 
 
 def check_options(options: OutputOptions) -> None:
     """Refuse options that cannot be served (a top-k of less than one)."""
     if options.format is OutputFormat.TOP_K and options.top_k < 1:
-        raise InvalidInput(f"top_k must be at least 1, got {options.top_k}", field="options.top_k")
+        raise InvalidInput(f"top_k must be at least 1, got {options.top_k}", field="output.top_k")
 
 
 def softmax(logits: FloatArray) -> FloatArray:

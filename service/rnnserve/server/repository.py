@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydantic
-from rnnserve.server.manifest import MANIFEST_FILENAME, ONNX_FILENAME, ModelManifest, load_manifest
+from rnnserve.server.manifest import (
+    MANIFEST_FILENAME,
+    ONNX_FILENAME,
+    ModelManifest,
+    file_sha256,
+    load_manifest,
+)
 from rnnserve.server.runtime import OnnxModel
 
 log = logging.getLogger(__name__)
@@ -24,15 +29,6 @@ class ModelFiles:
 
     manifest: ModelManifest
     paths: dict[int, Path]
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ModelRepository:

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+from rnnserve.server.domain import FloatArray
 from rnnserve.server.manifest import ModelManifest
-
-FloatArray = npt.NDArray[np.float32]
 
 
 def session_options(intra_op_threads: int) -> ort.SessionOptions:
@@ -63,7 +62,7 @@ class OnnxModel:
         self.state_input_names = [s.input_name for s in manifest.states]
         self._fetch = self.output_names + [s.output_name for s in manifest.states]
         # Bytes of recurrent state one session holds.
-        self.state_bytes = sum(4 * int(np.prod(s.shape)) for s in manifest.states)
+        self.state_bytes = manifest.state_bytes
 
     @property
     def key(self) -> str:

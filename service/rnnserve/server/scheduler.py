@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 from rnnserve.server import metrics
+from rnnserve.server.domain import FloatArray
 from rnnserve.server.errors import DeadlineExceeded, Overloaded, ShuttingDown
-from rnnserve.server.runtime import FloatArray, OnnxModel
-from rnnserve.server.state_store import StateStore
+from rnnserve.server.runtime import OnnxModel
+from rnnserve.server.state_store import Commit, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,10 @@ class StepRequest:
     """One message of input for one sequence: a session's slot, or None for a stateless sequence."""
 
     __slots__ = (
-        "batch_index",
-        "batch_states",
         "before",
         "carry",
-        "committed",
+        "commit",
+        "commit_row",
         "deadline",
         "enqueued_at",
         "future",
@@ -66,19 +66,24 @@ class StepRequest:
         self.future = future
         self.enqueued_at = time.monotonic()
         self.status = RequestStatus.QUEUED
-        self.committed = False
         # A long message runs in segments: steps done so far, the state carried between its
         # segments (private until the last one commits), and the outputs of done segments.
         self.offset = 0
         self.carry: list[FloatArray] | None = None
         self.pieces: list[list[FloatArray]] = []
-        # The state before the message, kept so that a step whose task is cancelled after its
-        # commit can be rolled back: the batch's input states and this request's index in them
-        # (one segment), or a copy taken at the first of several segments.
-        self.batch_states: list[FloatArray] | None = None
-        self.batch_index = 0
+        # The state before a message of several segments (one row, batch axis kept), taken at
+        # its first segment; a one-segment message's is the row its call gathered.
         self.before: list[FloatArray] | None = None
+        # The store's record of this request's commit and its row in it, kept so that a step
+        # whose task is cancelled after the commit can be rolled back.
+        self.commit: Commit | None = None
+        self.commit_row = 0
         self.timer: asyncio.TimerHandle | None = None  # fails the request at its deadline
+
+    @property
+    def committed(self) -> bool:
+        """True once the request's result is committed to the store (and not rolled back)."""
+        return self.commit is not None
 
 
 RunResult = tuple[list[FloatArray], list[FloatArray]]
@@ -190,8 +195,6 @@ class BatchScheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: ModelWorker | None = None
         self._closed = False
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._call_seconds = 0.001  # moving average of one call, for the Overloaded retry hint
         self._call_batch = 1.0  # moving average of sequences per call, to tell light load
         self._label = model.manifest.name
@@ -200,11 +203,6 @@ class BatchScheduler:
         self._compute_time = metrics.COMPUTE_TIME.labels(self._label)
         self._batch_size = metrics.BATCH_SIZE.labels(self._label)
         self._steps = metrics.STEPS.labels(self._label)
-
-    @property
-    def queued(self) -> int:
-        """Requests waiting for a call."""
-        return len(self._queue)
 
     def start(self) -> None:
         """Start the worker thread (call on the event loop that will submit)."""
@@ -231,7 +229,6 @@ class BatchScheduler:
             # loop.time() is time.monotonic(), the clock deadlines are given in
             request.timer = self._loop.call_at(deadline, self._expire, request)
         self._queue.append(request)
-        self._idle.clear()
         if self._call is None and not self._dispatch_scheduled:
             self._dispatch_scheduled = True
             self._loop.call_soon(self._dispatch)
@@ -271,23 +268,9 @@ class BatchScheduler:
         if not request.future.done():
             request.future.cancel()  # delivery skips the commit of a cancelled future
             return
-        if not request.committed or request.slot is None:
-            return
-        before = request.before
-        if before is None and request.batch_states is not None:
-            before = [
-                np.take(state, request.batch_index, axis=spec.batch_axis)
-                for spec, state in zip(self.store.specs, request.batch_states, strict=True)
-            ]
-        if before is not None:
-            self.store.write(request.slot, before)
-        request.committed = False
-
-    async def drain(self) -> None:
-        """Wait until nothing is queued or running."""
-        while self._queue or self._groups or self._call is not None:
-            self._idle.clear()
-            await self._idle.wait()
+        if request.commit is not None:
+            self.store.roll_back(request.commit, request.commit_row)
+            request.commit = None
 
     async def stop(self) -> None:
         """Refuse new requests, fail every waiting or running one with ShuttingDown, end the thread.
@@ -305,7 +288,6 @@ class BatchScheduler:
         if self._call is not None:
             self._fail(self._call.order, error)
             self._call = None
-        self._idle.set()
         if self._worker is not None:
             self._worker.close()
             self._worker = None
@@ -319,7 +301,6 @@ class BatchScheduler:
             while True:
                 if not self._groups:
                     if not self._queue:
-                        self._idle.set()
                         return
                     groups: dict[int, list[StepRequest]] = {}
                     for request in self._take_batch():
@@ -461,10 +442,10 @@ class BatchScheduler:
         outputs: list[FloatArray],
         new_states: list[FloatArray],
     ) -> None:
-        """Commit finished requests' states, resolve their futures, requeue unfinished ones.
+        """Commit finished requests, resolve their futures, requeue unfinished ones.
 
-        Runs on the loop thread with no await, so a request's commit and its result are one
-        atomic event for every other task.
+        Runs on the loop thread with no await, so a request's commit (all of its session's
+        state, in one StateStore.commit) and its result are one atomic event for every other task.
         """
         specs = self.store.specs
         finished: list[int] = []
@@ -486,7 +467,7 @@ class BatchScheduler:
             if request.offset < request.steps:
                 if request.slot is not None and request.carry is None:
                     request.before = [
-                        np.take(s, index, axis=p.batch_axis)
+                        np.take(s, [index], axis=p.batch_axis)
                         for p, s in zip(specs, states, strict=True)
                     ]
                 request.carry = [
@@ -501,27 +482,10 @@ class BatchScheduler:
                 finished.append(index)
         committing = [i for i in finished if order[i].slot is not None]
         if committing:
-            slots = np.fromiter(
-                (order[i].slot for i in committing), dtype=np.intp, count=len(committing)
-            )
-            if len(committing) == len(order):  # the common case: every row commits as is
-                self.store.scatter(slots, new_states)
-            else:
-                keep = np.asarray(committing, dtype=np.intp)
-                self.store.scatter(
-                    slots,
-                    [
-                        np.take(s, keep, axis=p.batch_axis)
-                        for p, s in zip(specs, new_states, strict=True)
-                    ],
-                )
+            self._commit(order, committing, states, outputs, new_states)
         for index in finished:
             request = order[index]
             request.status = RequestStatus.DONE
-            if request.slot is not None:
-                request.committed = True
-                request.batch_states = states
-                request.batch_index = index
             rows = [o[index] for o in outputs]
             if request.pieces:
                 rows = [
@@ -531,6 +495,48 @@ class BatchScheduler:
                 request.pieces = []
             request.carry = None
             request.future.set_result(rows)
+
+    def _commit(
+        self,
+        order: list[StepRequest],
+        rows: list[int],
+        states: list[FloatArray],
+        outputs: list[FloatArray],
+        new_states: list[FloatArray],
+    ) -> None:
+        """Commit the requests at `rows` of a call to the store, in one StateStore.commit."""
+        specs = self.store.specs
+        requests = [order[i] for i in rows]
+        slots = np.fromiter((r.slot for r in requests), dtype=np.intp, count=len(requests))
+        steps = np.fromiter((r.steps for r in requests), dtype=np.int64, count=len(requests))
+        segmented = any(r.before is not None for r in requests)
+        if len(rows) == len(order) and not segmented:
+            # the common case: every row of the call commits, and its input rows are the before
+            commit = self.store.commit(slots, states, new_states, outputs, steps)
+        else:
+            keep = np.asarray(rows, dtype=np.intp)
+            before = [
+                np.concatenate(
+                    [
+                        r.before[j] if r.before is not None else np.take(s, [i], axis=p.batch_axis)
+                        for r, i in zip(requests, rows, strict=True)
+                    ],
+                    axis=p.batch_axis,
+                )
+                for j, (p, s) in enumerate(zip(specs, states, strict=True))
+            ]
+            commit = self.store.commit(
+                slots,
+                before,
+                [
+                    np.take(s, keep, axis=p.batch_axis)
+                    for p, s in zip(specs, new_states, strict=True)
+                ],
+                [o[keep] for o in outputs],
+                steps,
+            )
+        for row, request in enumerate(requests):
+            request.commit, request.commit_row = commit, row
 
 
 class _Call:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from rnnserve.server import metrics
+from rnnserve.server.domain import SessionView
 from rnnserve.server.errors import (
     CapacityExceeded,
     SessionBusy,
@@ -19,7 +20,6 @@ from rnnserve.server.errors import (
     SessionPermissionDenied,
 )
 from rnnserve.server.state_store import StateStore
-from rnnserve.server.types import SessionView
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +31,32 @@ TOMBSTONES = 65_536
 
 @dataclass(slots=True, eq=False)
 class Session:
-    """A client's binding to a model version and a state slot (the state is in a StateStore)."""
+    """A client's binding to a model version and a slot of its StateStore.
+
+    Everything a step changes (state rows, last output, step count) lives in the store, which
+    commits it; the session only says where.
+    """
 
     session_id: str
     model: str
     version: int
     identity: str
+    store: StateStore
     slot: int
     created_at: float  # wall clock, for people
     last_used: float  # monotonic, for the TTL
-    step_count: int = 0
     busy: bool = False
     closed: bool = False
-    # (A language model's last logits, for Generate without a prompt, live in the StateStore.)
+
+    @property
+    def key(self) -> ModelKey:
+        """(model, version) of the served model the session is bound to."""
+        return (self.model, self.version)
+
+    @property
+    def step_count(self) -> int:
+        """Steps taken since the session was created or reset."""
+        return self.store.step_count(self.slot)
 
 
 class SessionManager:
@@ -88,7 +101,6 @@ class SessionManager:
         *,
         session_id: str | None = None,
         created_at: float | None = None,
-        step_count: int = 0,
     ) -> Session:
         """A new session with the initial state (ids are 192-bit random, URL-safe)."""
         if len(self._sessions) >= self.max_sessions:
@@ -108,10 +120,10 @@ class SessionManager:
             model=model,
             version=version,
             identity=identity,
+            store=store,
             slot=store.allocate(),
             created_at=created_at if created_at is not None else self._wall(),
             last_used=self._clock(),
-            step_count=step_count,
         )
         self._sessions[session_id] = session
         self._tombstones.pop(session_id, None)
@@ -158,7 +170,7 @@ class SessionManager:
         """End the step begun by `acquire`."""
         session.busy = False
         if session.closed:
-            self._stores[(session.model, session.version)].release(session.slot)
+            session.store.release(session.slot)
         else:
             self.touch(session)
 
@@ -184,13 +196,12 @@ class SessionManager:
         del self._sessions[session.session_id]
         session.closed = True
         if not session.busy:
-            self._stores[(session.model, session.version)].release(session.slot)
+            session.store.release(session.slot)
         self._tombstones[session.session_id] = reason
         if len(self._tombstones) > TOMBSTONES:
             self._tombstones.popitem(last=False)
-        store = self._stores[(session.model, session.version)]
         metrics.ACTIVE_SESSIONS.labels(session.model).dec()
-        metrics.STATE_BYTES.labels(session.model).dec(store.slot_bytes)
+        metrics.STATE_BYTES.labels(session.model).dec(session.store.slot_bytes)
         if reason != "closed":
             metrics.EVICTIONS.labels(counted_as or reason).inc()
         log.info("session %s %s", session.session_id, reason)
@@ -212,7 +223,6 @@ class SessionManager:
 
     def view(self, session: Session) -> SessionView:
         """The public description of a session."""
-        store = self._stores[(session.model, session.version)]
         idle = self._clock() - session.last_used
         return SessionView(
             session_id=session.session_id,
@@ -221,7 +231,7 @@ class SessionManager:
             step_count=session.step_count,
             created_at=session.created_at,
             expires_at=self._wall() + max(0.0, self.ttl_s - idle),
-            state_bytes=store.slot_bytes,
+            state_bytes=session.store.slot_bytes,
         )
 
     def start_reaper(self) -> None:

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rnnserve.server.domain import FloatArray
 from rnnserve.server.errors import InvalidSnapshot
 from rnnserve.server.manifest import StateSpec
-from rnnserve.server.runtime import FloatArray
 
 MAGIC = b"RNNSNAP\x00"
 FORMAT_VERSION = 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 from rnnserve.server.engine import InferenceEngine
-from rnnserve.server.types import OutputOptions
+from rnnserve.server.domain import OutputOptions
 
 ME = "alice"
 
@@ -46,8 +46,7 @@ class Gate:
         import threading
 
         self._let_through = let_through
-        versions = engine._models[model]
-        served = versions[version or max(versions)]
+        served = engine.registry.resolve(model, version)
         self.model = served.model
         # gated calls must run in the worker thread: an inline (small) call would block the loop
         served.scheduler.inline_max_tokens = 0

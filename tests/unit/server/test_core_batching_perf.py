@@ -15,7 +15,7 @@ import tiny_models as tm
 from rnnserve.server.engine import InferenceEngine
 from rnnserve.server.runtime import OnnxModel
 from rnnserve.server.settings import Settings
-from rnnserve.server.types import OutputFormat, OutputOptions, OutputSteps
+from rnnserve.server.domain import OutputFormat, OutputOptions, OutputSteps
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ async def test_batched_steps_cost_less_per_token(tmp_path: Path) -> None:
     engine = InferenceEngine(Settings(model_repository=tmp_path, metrics_port=None))
     await engine.start()
     try:
-        model = engine._models["lstm256"][1].model
+        model = engine.registry.served(("lstm256", 1)).model
         solo, batched = _best_per_token(model, 1, 100), _best_per_token(model, 64, 10)
         engine_solo = await _engine_cpu_per_token(engine, 1, 300)
         engine_batched = await _engine_cpu_per_token(engine, 64, 20)

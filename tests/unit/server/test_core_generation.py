@@ -14,7 +14,7 @@ from helpers_core import ME, Gate, feed
 from rnnserve.server.engine import InferenceEngine
 from rnnserve.server.errors import InvalidInput, NotALanguageModel, SessionBusy, SessionNotFound
 from rnnserve.server.generation import Sampler, StopMatcher
-from rnnserve.server.types import (
+from rnnserve.server.domain import (
     FinishReason,
     GeneratedToken,
     GenerationRequest,
@@ -84,7 +84,7 @@ async def test_generation_on_an_existing_session_and_close(engine: InferenceEngi
     assert tokens[-1].step_count == 3 + 1 + 3 and tokens[0].session_id == session
     closing = GenerationRequest(model=tm.GRU_LM, prompt="a", max_tokens=2, close_session=True)
     made = [t async for t in engine.generate(closing, ME)]
-    assert len(engine._sessions) == 1 and made[0].session_id != session
+    assert len(engine.sessions) == 1 and made[0].session_id != session
 
 
 async def test_cancelling_the_consumer_stops_and_keeps_what_was_yielded(
@@ -145,7 +145,7 @@ async def test_generation_errors(engine: InferenceEngine) -> None:
         with pytest.raises(InvalidInput) as caught:
             await _generate(engine, sampling=params)
         assert caught.value.field == field
-    assert len(engine._sessions) == 0  # refused requests left no session behind
+    assert len(engine.sessions) == 0  # refused requests left no session behind
 
 
 def test_sampler_limits() -> None:
@@ -198,7 +198,7 @@ async def test_closing_the_session_ends_its_generation(engine: InferenceEngine) 
     with pytest.raises(SessionNotFound) as caught:
         await anext(stream)
     assert caught.value.reason == "closed"
-    assert engine._models[tm.RNN_LM][1].store.used == 0  # the slot was freed when it ended
+    assert engine.registry.served((tm.RNN_LM, 1)).store.used == 0  # the slot was freed when it ended
 
 
 async def test_generation_without_a_prompt_continues_from_the_last_step(

@@ -23,7 +23,7 @@ from rnnserve.server.errors import (
 from rnnserve.server.manifest import StateSpec
 from rnnserve.server.sessions import SessionManager
 from rnnserve.server.state_store import StateStore
-from rnnserve.server.types import OutputOptions
+from rnnserve.server.domain import OutputOptions
 
 PREFIX = tokens(30, 4)
 NEXT = tokens(31, 1)
@@ -33,7 +33,7 @@ async def test_idle_session_expires_and_says_so(make_engine: Any) -> None:
     engine = await make_engine(session_ttl_s=0.2)
     session = (await engine.create_session(tm.RNN_LM, 0, ME)).session_id
     await asyncio.sleep(0.45)  # the reaper (every ttl/4) removes it
-    assert len(engine._sessions) == 0
+    assert len(engine.sessions) == 0
     with pytest.raises(SessionNotFound) as caught:
         await engine.step(session, ME, NEXT, OutputOptions())
     assert caught.value.reason == "expired" and "expired" in caught.value.message
@@ -162,8 +162,8 @@ async def test_cancel_after_commit_rolls_the_state_back(engine: InferenceEngine)
     """The race where the result is committed but the awaiting task is cancelled before resuming."""
     session_id = await twin_session(engine, tm.GRU_LM, PREFIX)
     twin = await twin_session(engine, tm.GRU_LM, PREFIX)
-    served = engine._models[tm.GRU_LM][1]
-    session = engine._sessions.get(session_id, ME)
+    served = engine.registry.served((tm.GRU_LM, 1))
+    session = engine.sessions.get(session_id, ME)
     request = served.scheduler.submit(tokens(33, 2), session.slot)
     await asyncio.wait({request.future})
     assert request.committed
@@ -251,7 +251,7 @@ async def test_cancelling_a_long_message_between_segments_keeps_state(
 ) -> None:
     session = await twin_session(engine, tm.LSTM_LM, PREFIX)
     twin = await twin_session(engine, tm.LSTM_LM, PREFIX)
-    served = engine._models[tm.LSTM_LM][2]
+    served = engine.registry.served((tm.LSTM_LM, 2))
     monkeypatch.setattr(served.scheduler, "max_steps_per_call", 2)
     gate = Gate(engine, tm.LSTM_LM, let_through=2)  # two segments run, the third blocks
     task = asyncio.create_task(engine.step(session, ME, tokens(34, 9), OutputOptions()))

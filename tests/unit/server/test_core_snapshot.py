@@ -13,7 +13,7 @@ from helpers_core import ME, feed, tokens, twin_session
 from rnnserve.server import snapshot
 from rnnserve.server.engine import InferenceEngine
 from rnnserve.server.errors import InvalidSnapshot, SessionNotFound, SessionPermissionDenied
-from rnnserve.server.types import OutputOptions
+from rnnserve.server.domain import OutputOptions
 
 PREFIX = tokens(40, 7)
 REST = tokens(41, 6)

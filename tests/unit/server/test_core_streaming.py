@@ -11,7 +11,7 @@ import tiny_models as tm
 from helpers_core import ME, feed, frames, tokens
 from prometheus_client import REGISTRY
 from rnnserve.server.engine import InferenceEngine
-from rnnserve.server.types import OutputFormat, OutputOptions, OutputSteps
+from rnnserve.server.domain import OutputFormat, OutputOptions, OutputSteps
 
 TOL = 1e-5
 
@@ -181,7 +181,7 @@ async def test_long_messages_run_in_segments_and_equal_whole_sequence(
     engine: InferenceEngine, tiny_repository: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A message longer than max_steps_per_call runs in segments, interleaved with others."""
-    served = engine._models[tm.LSTM_LM][2]
+    served = engine.registry.served((tm.LSTM_LM, 2))
     monkeypatch.setattr(served.scheduler, "max_steps_per_call", 4)
     long_a, long_b, short = tokens(60, 23), tokens(61, 9), tokens(62, 6)
     sa, sb, sc = [(await engine.create_session(tm.LSTM_LM, 0, ME)).session_id for _ in range(3)]

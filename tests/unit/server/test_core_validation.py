@@ -10,7 +10,7 @@ import tiny_models as tm
 from helpers_core import ME, feed, frames, tokens, twin_session
 from rnnserve.server.engine import InferenceEngine
 from rnnserve.server.errors import InvalidInput, ModelNotFound, ModelNotStreamable
-from rnnserve.server.types import OutputFormat, OutputOptions
+from rnnserve.server.domain import OutputFormat, OutputOptions
 
 PREFIX = tokens(20, 5)
 NEXT = tokens(21, 1)
@@ -85,7 +85,7 @@ async def test_bad_top_k_is_refused_before_running(engine: InferenceEngine) -> N
     session = await twin_session(engine, tm.RNN_LM, PREFIX)
     with pytest.raises(InvalidInput) as caught:
         await engine.step(session, ME, NEXT, OutputOptions(format=OutputFormat.TOP_K, top_k=0))
-    assert caught.value.field == "options.top_k"
+    assert caught.value.field == "output.top_k"  # the proto's name, as the core now uses
     assert (await engine.get_session(session, ME)).step_count == len(PREFIX)
 
 

@@ -11,9 +11,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from rnnserve.server.manifest import load_manifest
+from rnnserve.server.manifest import file_sha256, load_manifest
 from rnnserve.training.cli import build_parser, main
-from rnnserve.training.fetch import sha256_of
 
 pytestmark = pytest.mark.torch
 
@@ -86,7 +85,7 @@ def test_train_then_build_repository_writes_a_servable_model(
     )
     manifest = load_manifest(repository / "tiny-gru" / "model.json")
     version = manifest.versions[0]
-    assert sha256_of(repository / "tiny-gru" / "1" / "model.onnx") == version.sha256
+    assert file_sha256(repository / "tiny-gru" / "1" / "model.onnx") == version.sha256
     assert max(version.export.parity.values()) <= 1e-5
     assert "chunked_7+13+1+16_B16" in version.export.parity
     assert version.metrics["test_nats_per_char"] < 2.0

@@ -6,7 +6,7 @@ import json
 import logging
 
 import numpy as np
-from rnnserve.server.logging import REQUEST_ID, SESSION_ID, ContextFilter, JsonFormatter
+from rnnserve.server.logs import REQUEST_ID, SESSION_ID, ContextFilter, JsonFormatter
 
 
 def _format(record: logging.LogRecord) -> dict[str, object]:

@@ -9,7 +9,7 @@ import pytest
 from rnnserve.server.errors import InvalidInput
 from rnnserve.server.manifest import ModelManifest
 from rnnserve.server.transport import codecs
-from rnnserve.server.types import (
+from rnnserve.server.domain import (
     FinishReason,
     GeneratedToken,
     OutputFormat,

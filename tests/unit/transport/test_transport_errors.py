@@ -12,7 +12,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from prometheus_client import REGISTRY
 from rnnserve.server import errors as domain
-from rnnserve.server.logging import REQUEST_ID
+from rnnserve.server.logs import REQUEST_ID
 from rnnserve.server.transport import errors
 from rnnserve.v1 import rnnserve_pb2 as pb
 

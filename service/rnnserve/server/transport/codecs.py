@@ -8,18 +8,15 @@ limits, NaN) is the core's job and comes back as InvalidInput with a path relati
 from __future__ import annotations
 
 import math
-import re
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-from rnnserve.server.errors import InvalidInput, RnnServeError
-from rnnserve.server.manifest import ModelManifest
-from rnnserve.server.types import (
+from rnnserve.server.domain import (
     FinishReason,
     GeneratedToken,
     GenerationRequest,
     InputData,
+    ModelDescription,
     OutputFormat,
     OutputOptions,
     OutputResult,
@@ -28,6 +25,7 @@ from rnnserve.server.types import (
     SessionView,
     StepOutcome,
 )
+from rnnserve.server.errors import InvalidInput
 from rnnserve.v1 import rnnserve_pb2 as pb
 
 DEFAULT_TOP_K = 5
@@ -57,21 +55,6 @@ _FINISH_REASONS = {
 }
 
 
-class ModelDescription(Protocol):
-    """What the core tells about one served model version (see engine.ModelDescription)."""
-
-    @property
-    def manifest(self) -> ModelManifest: ...
-    @property
-    def version(self) -> int: ...
-    @property
-    def versions(self) -> list[int]: ...
-    @property
-    def state_bytes(self) -> int: ...
-    @property
-    def max_steps_per_message(self) -> int: ...
-
-
 def _path(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
@@ -85,26 +68,6 @@ def _dtype_name(value: int) -> str:
         return str(pb.DataType.Name(value))  # type: ignore[arg-type]
     except ValueError:
         return str(value)
-
-
-# Roots of the field paths the core reports relative to one message of input.
-_INPUT_ROOTS = frozenset({"tokens", "features", "text"})
-
-
-def request_field(err: RnnServeError, input_path: str | None = None) -> RnnServeError:
-    """Turn a core error's field into a path of this API's request.
-
-    Input-relative paths ("tokens.ids[3]") go under `input_path` ("step", "input"); the core's
-    "options.*" is this API's "output.*". Other paths are already request paths.
-    """
-    if not err.field:
-        return err
-    root = re.split(r"[.\[]", err.field, maxsplit=1)[0]
-    if root == "options":
-        err.field = "output" + err.field[len("options") :]
-    elif root in _INPUT_ROOTS and input_path:
-        err.with_field_prefix(input_path)
-    return err
 
 
 # ---- requests -> domain ------------------------------------------------------------------------
@@ -262,13 +225,6 @@ def encode_session(view: SessionView) -> pb.SessionInfo:
         expires_at=view.expires_at,
         state_bytes=view.state_bytes,
     )
-
-
-def encode_output(result: OutputResult) -> pb.Output:
-    """One model output for the returned steps."""
-    output = pb.Output()
-    fill_output(output, result)
-    return output
 
 
 def fill_output(output: pb.Output, result: OutputResult) -> None:

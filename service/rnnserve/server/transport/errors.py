@@ -16,7 +16,7 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from rnnserve.server import errors as domain
-from rnnserve.server.logging import REQUEST_ID, SESSION_ID
+from rnnserve.server.logs import REQUEST_ID, SESSION_ID
 from rnnserve.server.transport import context as call_context
 from rnnserve.server.transport.observe import record_call
 from rnnserve.v1 import rnnserve_pb2
@@ -115,7 +115,11 @@ def rich_status(failure: Failure, error_name: str) -> status_pb2.Status:
         delay.FromMilliseconds(failure.retry_after_ms)
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     if failure.code != grpc.StatusCode.INTERNAL:
+        # The field travels structurally for every code (BadRequest only fits INVALID_ARGUMENT),
+        # so a client never parses it out of the message.
         metadata = {"reason": failure.reason} if failure.reason else {}
+        if failure.field:
+            metadata["field"] = failure.field
         details.append(
             _pack(
                 error_details_pb2.ErrorInfo(
@@ -140,10 +144,14 @@ def _error_name(err: BaseException) -> str:
     return "".join(f"_{c}" if c.isupper() and i else c for i, c in enumerate(name)).upper()
 
 
-async def abort(context: Any, err: BaseException, method: str) -> None:
-    """Log `err`, then end the call with its status (raises grpc's AbortError)."""
-    request_id = REQUEST_ID.get()
-    failure = describe(err, request_id)
+def report(err: BaseException, method: str) -> Failure:
+    """The one place a failed call or stream message is described and logged.
+
+    Its Failure is then sent either as the call's status (`abort`) or in-band on a stream
+    (`inband_error`). Unknown errors are logged with their traceback and reach the caller only as
+    INTERNAL with the request id.
+    """
+    failure = describe(err, REQUEST_ID.get())
     if failure.code == grpc.StatusCode.INTERNAL:
         log.error("%s failed", method, exc_info=err, extra={"method": method, "code": "INTERNAL"})
     else:
@@ -154,6 +162,12 @@ async def abort(context: Any, err: BaseException, method: str) -> None:
             failure.message,
             extra={"method": method, "code": failure.code_name, "field": failure.field},
         )
+    return failure
+
+
+async def abort(context: Any, err: BaseException, failure: Failure) -> None:
+    """End the call with the status of `failure` (raises grpc's AbortError)."""
+    request_id = REQUEST_ID.get()
     trailing: list[tuple[str, str | bytes]] = [(call_context.REQUEST_ID_KEY, request_id or "")]
     if failure.retry_after_ms:
         trailing.append((RETRY_AFTER_KEY, str(failure.retry_after_ms)))
@@ -189,8 +203,9 @@ def rpc_handler(method: Handler) -> Handler:
                 code = grpc.StatusCode.CANCELLED  # the client went away or the server stops
                 raise
             except Exception as err:
-                code = describe(err).code
-                await abort(context, err, name)
+                failure = report(err, name)
+                code = failure.code
+                await abort(context, err, failure)
             finally:
                 record_call(name, code.name, time.perf_counter() - started)
                 _end(tokens)
@@ -207,8 +222,9 @@ def rpc_handler(method: Handler) -> Handler:
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as err:
-            code = describe(err).code
-            await abort(context, err, name)
+            failure = report(err, name)
+            code = failure.code
+            await abort(context, err, failure)
         finally:
             record_call(name, code.name, time.perf_counter() - started)
             _end(tokens)

@@ -7,14 +7,15 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from rnnserve.server.engine import InferenceEngine
+from rnnserve.server.core import InferenceCore
+from rnnserve.server.domain import SessionView
 from rnnserve.server.errors import InvalidInput, RnnServeError, SessionNotFound, ShuttingDown
-from rnnserve.server.logging import REQUEST_ID, SESSION_ID
+from rnnserve.server.logs import SESSION_ID
 from rnnserve.server.transport import codecs
 from rnnserve.server.transport.context import deadline_of, identity_of
-from rnnserve.server.transport.errors import StreamProtocolError, describe, inband_error
+from rnnserve.server.transport.errors import StreamProtocolError, inband_error, report
 from rnnserve.server.transport.observe import record_call
-from rnnserve.server.types import SessionView
+from rnnserve.server.transport.steps import run_step
 from rnnserve.v1 import rnnserve_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,8 @@ class StreamConversation:
     shutdown ends the stream with a status (UNAVAILABLE), so the client reconnects elsewhere.
     """
 
-    def __init__(self, engine: InferenceEngine, context: Any) -> None:
-        self._engine = engine
+    def __init__(self, core: InferenceCore, context: Any) -> None:
+        self._core = core
         self._context = context
         self._identity = identity_of(context)
         self._session_id: str | None = None
@@ -55,20 +56,10 @@ class StreamConversation:
             record_call(f"Stream.{kind}", "UNAVAILABLE", time.perf_counter() - started)
             raise
         except Exception as err:
-            failure = describe(err, REQUEST_ID.get())
-            code = failure.code_name
             if isinstance(err, SessionNotFound) and err.session_id == self._session_id:
                 self._session_gone = True  # steps keep saying why; `open` may bind a new one
-            if code == "INTERNAL":
-                log.error("Stream %s failed", kind, exc_info=err, extra={"method": "Stream"})
-            else:
-                log.info(
-                    "Stream %s -> %s: %s",
-                    kind,
-                    code,
-                    failure.message,
-                    extra={"method": "Stream", "code": code, "field": failure.field},
-                )
+            failure = report(err, f"Stream.{kind}")
+            code = failure.code_name
             response = pb.StreamResponse(error=inband_error(failure))
         record_call(f"Stream.{kind}", code, time.perf_counter() - started)
         response.request_id = request.request_id
@@ -79,20 +70,17 @@ class StreamConversation:
             return await self._open(request.open)
         session_id = self._require_session(kind)
         if kind == "step":
-            data = codecs.decode_input(request.step, "step")
-            options = codecs.decode_output_options(request.output)
-            try:
-                outcome = await self._engine.step(
-                    session_id,
-                    self._identity,
-                    data,
-                    options,
-                    deadline=deadline_of(self._context),
-                )
-            except RnnServeError as err:
-                raise codecs.request_field(err, "step") from None
             response = pb.StreamResponse()
-            codecs.fill_step(response.result, outcome)
+            await run_step(
+                self._core,
+                response.result,
+                session_id=session_id,
+                identity=self._identity,
+                step_input=request.step,
+                input_field="step",
+                output=request.output,
+                deadline=deadline_of(self._context),
+            )
             return response
         return await self._control(session_id, request.control)
 
@@ -117,23 +105,23 @@ class StreamConversation:
         source = message.WhichOneof("source")
         if source == "model":
             name, version = codecs.decode_model_ref(message.model)
-            return await self._engine.create_session(name, version, self._identity)
+            return await self._core.create_session(name, version, self._identity)
         if source == "session_id":
             session_id = codecs.decode_session_id(message.session_id)
-            return await self._engine.get_session(session_id, self._identity)
+            return await self._core.get_session(session_id, self._identity)
         if source == "snapshot":
-            return await self._engine.import_state(message.snapshot, self._identity)
+            return await self._core.import_state(message.snapshot, self._identity)
         raise InvalidInput("one of model, session_id or snapshot must be set", field="")
 
     async def _control(self, session_id: str, action: int) -> pb.StreamResponse:
         if action == pb.CONTROL_ACTION_RESET:
-            view = await self._engine.reset_session(session_id, self._identity)
+            view = await self._core.reset_session(session_id, self._identity)
             return pb.StreamResponse(session=codecs.encode_session(view))
         if action == pb.CONTROL_ACTION_SNAPSHOT:
-            snapshot, _ = await self._engine.export_state(session_id, self._identity)
+            snapshot, _ = await self._core.export_state(session_id, self._identity)
             return pb.StreamResponse(snapshot=snapshot)
         if action == pb.CONTROL_ACTION_CLOSE:
-            view = await self._engine.close_session(session_id, self._identity)
+            view = await self._core.close_session(session_id, self._identity)
             self._session_id, self.finished = None, True
             return pb.StreamResponse(session=codecs.encode_session(view))
         raise InvalidInput(f"unknown control action {action}", field="control")

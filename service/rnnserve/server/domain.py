@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+from rnnserve.server.manifest import ModelManifest
+
+FloatArray = npt.NDArray[np.float32]
 
 # One message worth of input: token ids int64 [steps], feature frames float32 [steps, width],
 # or text that the model's vocabulary encodes.
@@ -68,6 +71,17 @@ class SessionView:
     created_at: float
     expires_at: float
     state_bytes: int
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a client may know about one served model version."""
+
+    manifest: ModelManifest
+    version: int
+    versions: list[int]
+    state_bytes: int
+    max_steps_per_message: int
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""Propose a manifest for any ONNX file with recurrent state, so users can serve their own."""
+"""Propose a manifest for any ONNX file with recurrent state, so users can serve their own.
+
+Needs the `onnx` package (the [train] extra); the server CLI imports this module lazily.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ from rnnserve.server.manifest import (
     StateSpec,
     TokenInput,
     VersionInfo,
+    file_sha256,
 )
-from rnnserve.training.fetch import sha256_of
 
 _RECURRENT_OPS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
 # How state inputs and outputs are usually named: h0 -> hn, state_in -> state_out, ...
@@ -80,8 +83,8 @@ def _probe_inputs(
             if _elem_type(value) == TensorProto.INT64:
                 feeds[value.name] = rng.integers(0, vocab or 2, (_PROBE_BATCH, _PROBE_TIME))
             else:
-                shape = (_PROBE_BATCH, _PROBE_TIME, width or 1)
-                feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
+                frames = (_PROBE_BATCH, _PROBE_TIME, width or 1)
+                feeds[value.name] = rng.standard_normal(frames).astype(np.float32)
         else:
             shape = tuple(d if isinstance(d, int) and d > 0 else _PROBE_BATCH for d in dims)
             feeds[value.name] = np.zeros(shape, dtype=np.float32)
@@ -229,7 +232,9 @@ def propose_manifest(path: Path, name: str | None = None) -> tuple[ModelManifest
         states=states,
         versions=[
             VersionInfo(
-                version=1, sha256=sha256_of(path), export=ExportInfo(exporter=producer, opset=opset)
+                version=1,
+                sha256=file_sha256(path),
+                export=ExportInfo(exporter=producer, opset=opset),
             )
         ],
     )
