@@ -15,14 +15,14 @@ Synchronous use::
         for piece in client.generate("char-lstm", "Once ", max_tokens=50):
             print(piece, end="")
 
-``AsyncClient`` has the same methods for asyncio. Every failed call raises a subclass of
-:class:`RnnServeError` named after its gRPC status code (with ``code``, ``message``, ``field``);
-inside a stream a refused input raises the same exception and the stream carries on.
+``AsyncClient`` (also in :mod:`rnnserve.client.aio`) has the same methods for asyncio. Every
+failed call raises a subclass of :class:`RnnServeError` named after its gRPC status code (with
+``code``, ``message``, ``field``); inside a stream a refused input raises the same exception and
+the stream carries on.
 """
 
-from rnnserve.client._aio import AsyncClient, AsyncGeneration, AsyncOutputStream, AsyncSession
-from rnnserve.client._aio_connection import AsyncSessionStream
-from rnnserve.client._client import CLIENT_ID_KEY, Client
+from rnnserve.client._call_policy import CLIENT_ID_KEY
+from rnnserve.client._client import Client
 from rnnserve.client._connection import SessionStream
 from rnnserve.client._errors import (
     Aborted,
@@ -61,6 +61,13 @@ from rnnserve.client._types import (
     StepOutput,
 )
 from rnnserve.client._vocabulary import Vocabulary
+from rnnserve.client.aio import (
+    AsyncClient,
+    AsyncGeneration,
+    AsyncOutputStream,
+    AsyncSession,
+    AsyncSessionStream,
+)
 
 __all__ = [
     "CLIENT_ID_KEY",

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from rnnserve.client._client_core import CLIENT_ID_KEY, ClientCore, model_ref, remaining
-from rnnserve.client._codec import (
-    decode_model,
-    decode_result,
-    decode_session,
+from rnnserve.client._call_policy import CLIENT_ID_KEY
+from rnnserve.client._client_core import ClientCore
+from rnnserve.client._codec import decode_model, decode_result, decode_session, output_options
+from rnnserve.client._errors import RnnServeError
+from rnnserve.client._requests import (
+    aim_generation,
     generation_settings,
-    output_options,
+    model_ref,
+    needs_vocabulary,
+    predict_request,
 )
-from rnnserve.client._errors import RnnServeError, convert_rpc_error
 from rnnserve.client._retry import RetryPolicy
+from rnnserve.client._rpc import Rpc
 from rnnserve.client._session import Session
 from rnnserve.client._streams import Generation
 from rnnserve.client._types import (
@@ -67,41 +69,15 @@ class Client(ClientCore):
                 channel = grpc.secure_channel(target, credentials, options=list(options))
             else:
                 channel = grpc.insecure_channel(target, options=list(options))
-        super().__init__(target, client_id, timeout, retry, channel, owns_channel)
+        super().__init__(target, client_id, timeout, retry, owns_channel)
         self._channel = channel
-
-    # -- plumbing -------------------------------------------------------------------------------
-
-    def _call(
-        self, method: str, request: Any, *, timeout: float | None, idempotent: bool = False
-    ) -> Any:
-        """Run a unary call with the deadline, metadata and (if idempotent) retries."""
-        callable_: Callable[..., Any] = getattr(self._stub, method)
-        deadline = self._deadline(timeout)
-        attempt = 1
-        while True:
-            try:
-                return callable_(request, timeout=remaining(deadline), metadata=self._metadata)
-            except grpc.RpcError as rpc_error:
-                error = convert_rpc_error(rpc_error)
-            time.sleep(self._retry_wait(error, attempt, deadline, idempotent))
-            attempt += 1
-
-    def _start_stream(
-        self, timeout: float | None
-    ) -> Callable[[Iterator[pb.StreamRequest]], Iterator[pb.StreamResponse]]:
-        def start(requests: Iterator[pb.StreamRequest]) -> Iterator[pb.StreamResponse]:
-            return self._stub.Stream(  # type: ignore[no-any-return]
-                requests, timeout=self._timeout(timeout), metadata=self._metadata
-            )
-
-        return start
+        self._rpc = Rpc(channel, self._policy)
 
     # -- models ---------------------------------------------------------------------------------
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every model (latest version of each) the server serves."""
-        response = self._call(
+        response = self._rpc.call(
             "ListModels", pb.ListModelsRequest(), timeout=timeout, idempotent=True
         )
         return [decode_model(model) for model in response.models]
@@ -120,7 +96,7 @@ class Client(ClientCore):
         if cached is not None:
             return cached
         request = pb.GetModelRequest(model=model_ref(name, version))
-        response = self._call("GetModel", request, timeout=timeout, idempotent=True)
+        response = self._rpc.call("GetModel", request, timeout=timeout, idempotent=True)
         return self._remember_model(name, version, decode_model(response.model))
 
     # -- sessions -------------------------------------------------------------------------------
@@ -139,7 +115,7 @@ class Client(ClientCore):
             ResourceExhausted: the server holds its maximum number of sessions.
         """
         request = pb.CreateSessionRequest(model=model_ref(model, version))
-        response = self._call("CreateSession", request, timeout=timeout)
+        response = self._rpc.call("CreateSession", request, timeout=timeout)
         return self._opened(decode_session(response.session), timeout)
 
     def _opened(self, info: SessionInfo, timeout: float | None) -> Session:
@@ -148,22 +124,22 @@ class Client(ClientCore):
             model = self.model(info.model, info.version, timeout=timeout)
         except RnnServeError:
             with contextlib.suppress(RnnServeError):
-                self._call(
+                self._rpc.call(
                     "CloseSession", pb.CloseSessionRequest(session_id=info.session_id), timeout=1
                 )
             raise
-        return Session(self, info, model)
+        return Session(self._rpc, info, model)
 
     def attach(self, session_id: str, *, timeout: float | None = None) -> Session:
         """A :class:`Session` for an existing session id (opened earlier by this identity)."""
-        response = self._call(
+        response = self._rpc.call(
             "GetSession",
             pb.GetSessionRequest(session_id=session_id),
             timeout=timeout,
             idempotent=True,
         )
         info = decode_session(response.session)
-        return Session(self, info, self.model(info.model, info.version, timeout=timeout))
+        return Session(self._rpc, info, self.model(info.model, info.version, timeout=timeout))
 
     def restore(self, snapshot: bytes, *, timeout: float | None = None) -> Session:
         """Open a new session from snapshot bytes (from :meth:`Session.snapshot`, this or
@@ -172,7 +148,7 @@ class Client(ClientCore):
         Raises:
             InvalidArgument: the snapshot is corrupted, forged or for another model.
         """
-        response = self._call(
+        response = self._rpc.call(
             "ImportState", pb.ImportStateRequest(snapshot=snapshot), timeout=timeout
         )
         return self._opened(decode_session(response.session), timeout)
@@ -203,11 +179,15 @@ class Client(ClientCore):
         See :meth:`Session.generate` for the sampling arguments.
         """
         vocabulary = None
-        if self._needs_vocabulary(prompt):
+        if needs_vocabulary(prompt):
             vocabulary = self.model(model, version, timeout=timeout).vocabulary
-        settings = generation_settings(max_tokens, temperature, top_k, top_p, seed, stop)
-        request = self._one_shot_request(model, version, prompt, vocabulary, settings)
-        return Generation(self._start_generate(request, timeout))
+        settings = generation_settings(
+            max_tokens, temperature, top_k, top_p, seed, stop, close_session=True
+        )
+        request = aim_generation(
+            settings, model=model, version=version, prompt=prompt, vocabulary=vocabulary
+        )
+        return Generation(self._rpc, request, timeout)
 
     def predict(
         self,
@@ -228,8 +208,8 @@ class Client(ClientCore):
         """
         info = self.model(model, version, timeout=timeout)
         options = output_options(output, steps, top_k)
-        request = self._predict_request(model, version, sequences, options, info.vocabulary)
-        response = self._call("Predict", request, timeout=timeout, idempotent=True)
+        request = predict_request(model, version, sequences, options, info.vocabulary)
+        response = self._rpc.call("Predict", request, timeout=timeout, idempotent=True)
         return [decode_result(result) for result in response.results]
 
     # -- lifetime -------------------------------------------------------------------------------

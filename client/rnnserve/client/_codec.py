@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import numpy.typing as npt
 from rnnserve.client._types import (
@@ -200,92 +198,4 @@ def decode_token(response: pb.GenerateResponse) -> GeneratedToken:
         index=response.index,
         step_count=response.step_count,
         finish_reason=_FINISH.get(response.finish_reason),
-    )
-
-
-def sampling_params(
-    temperature: float | None = None,
-    top_k: int = 0,
-    top_p: float = 0.0,
-    seed: int | None = None,
-) -> pb.SamplingParams:
-    """Sampling settings as the wire message (unset temperature means the server's 1.0)."""
-    params = pb.SamplingParams(top_k=top_k, top_p=top_p)
-    if temperature is not None:
-        params.temperature = temperature
-    if seed is not None:
-        params.seed = seed
-    return params
-
-
-def generation_settings(
-    max_tokens: int,
-    temperature: float | None = None,
-    top_k: int = 0,
-    top_p: float = 0.0,
-    seed: int | None = None,
-    stop: Sequence[str] = (),
-    close_session: bool = False,
-) -> pb.GenerateRequest:
-    """A GenerateRequest with its sampling settings only (see :func:`aim_generation`)."""
-    return pb.GenerateRequest(
-        sampling=sampling_params(temperature, top_k, top_p, seed),
-        max_tokens=max_tokens,
-        stop=list(stop),
-        close_session=close_session,
-    )
-
-
-def aim_generation(
-    request: pb.GenerateRequest,
-    *,
-    model: str | None = None,
-    version: int = 0,
-    session_id: str | None = None,
-    prompt: InputLike | None = None,
-    vocabulary: Vocabulary | None = None,
-) -> pb.GenerateRequest:
-    """Point a generation at a new session (``model``) or an existing one (``session_id``) and
-    give it its prompt; returns ``request``, filled in."""
-    if session_id is not None:
-        request.session_id = session_id
-    elif model is not None:
-        request.model.CopyFrom(pb.ModelRef(name=model, version=version))
-    else:
-        raise ValueError("generate needs a model or a session id")
-    if prompt is not None and (not isinstance(prompt, str) or prompt):
-        step_input = encode_input(prompt, vocabulary)
-        if step_input.HasField("text"):
-            request.text = step_input.text
-        elif step_input.HasField("tokens"):
-            request.tokens.CopyFrom(step_input.tokens)
-        else:
-            raise TypeError("a generation prompt must be text or token ids")
-    return request
-
-
-def generate_request(
-    *,
-    model: str | None = None,
-    version: int = 0,
-    session_id: str | None = None,
-    prompt: InputLike | None = None,
-    vocabulary: Vocabulary | None = None,
-    max_tokens: int,
-    temperature: float | None = None,
-    top_k: int = 0,
-    top_p: float = 0.0,
-    seed: int | None = None,
-    stop: Sequence[str] = (),
-    close_session: bool = False,
-) -> pb.GenerateRequest:
-    """A GenerateRequest on a new session (``model``) or an existing one (``session_id``)."""
-    settings = generation_settings(max_tokens, temperature, top_k, top_p, seed, stop, close_session)
-    return aim_generation(
-        settings,
-        model=model,
-        version=version,
-        session_id=session_id,
-        prompt=prompt,
-        vocabulary=vocabulary,
     )

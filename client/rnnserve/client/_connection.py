@@ -9,7 +9,8 @@ from typing import Any
 import grpc
 from rnnserve.client._codec import decode_session
 from rnnserve.client._errors import RnnServeError, convert_rpc_error
-from rnnserve.client._stream_core import SessionStreamCore
+from rnnserve.client._rpc import Rpc
+from rnnserve.client._stream_core import SessionStreamCore, checked
 from rnnserve.client._types import InputLike, OutputFormat, OutputSteps, SessionInfo, StepOutput
 from rnnserve.client._vocabulary import Vocabulary
 from rnnserve.v1 import rnnserve_pb2 as pb
@@ -28,17 +29,17 @@ class SessionStream(SessionStreamCore):
 
     def __init__(
         self,
-        start: Callable[[Iterator[pb.StreamRequest]], Any],
+        rpc: Rpc,
+        timeout: float | None,
         session_id: str,
         vocabulary: Vocabulary | None,
         on_step_count: Callable[[int | None], None] = lambda _: None,
     ) -> None:
-        super().__init__(vocabulary, on_step_count)
+        super().__init__(session_id, vocabulary, on_step_count)
         self._requests: queue.Queue[pb.StreamRequest | None] = queue.Queue()
-        self._call: Any = start(self._request_iterator())
-        open_request = pb.StreamRequest(open=pb.OpenSession(session_id=session_id))
+        self._call: Any = rpc.stream(self._request_iterator(), timeout)
         try:
-            response = self._exchange(open_request)
+            response = self._exchange(self._open_request)
         except RnnServeError:
             self._finish()
             self._call.cancel()
@@ -65,7 +66,7 @@ class SessionStream(SessionStreamCore):
             self._finish()
             self._on_step_count(None)  # a step may or may not have run
             raise convert_rpc_error(error) from None
-        return self._checked(response)
+        return checked(response)
 
     def feed(
         self,

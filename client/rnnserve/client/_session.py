@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
-from rnnserve.client._codec import generation_settings, output_options
+from rnnserve.client._codec import output_options
 from rnnserve.client._connection import SessionStream
 from rnnserve.client._errors import NotFound, RnnServeError
+from rnnserve.client._requests import generation_settings
+from rnnserve.client._rpc import Rpc
 from rnnserve.client._session_core import SessionCore
 from rnnserve.client._streams import Generation, OutputStream
 from rnnserve.client._types import (
@@ -21,9 +22,6 @@ from rnnserve.client._types import (
 )
 from rnnserve.v1 import rnnserve_pb2 as pb
 
-if TYPE_CHECKING:
-    from rnnserve.client._client import Client
-
 
 class Session(SessionCore):
     """A session on one model version; the server keeps its hidden state between calls.
@@ -34,9 +32,9 @@ class Session(SessionCore):
     retried step can never apply twice. A session object is not thread-safe.
     """
 
-    def __init__(self, client: Client, info: SessionInfo, model: ModelInfo) -> None:
+    def __init__(self, rpc: Rpc, info: SessionInfo, model: ModelInfo) -> None:
         super().__init__(info, model)
-        self._client = client
+        self._rpc = rpc
 
     def __repr__(self) -> str:
         return f"Session({self.session_id!r}, model={self._model.name!r} v{self._model.version})"
@@ -70,7 +68,7 @@ class Session(SessionCore):
             self.describe(timeout=timeout)
         request = self._step_request(data, options)
         try:
-            response = self._client._call("Step", request, timeout=timeout, idempotent=True)
+            response = self._rpc.call("Step", request, timeout=timeout, idempotent=True)
         except RnnServeError as error:
             self._step_failed(error)
             raise
@@ -92,9 +90,11 @@ class Session(SessionCore):
         carries on (see :class:`OutputStream`). ``timeout`` bounds the whole call.
         """
         options = output_options(output, steps, top_k)
+        self._stepping_out_of_sight()
         return OutputStream(
-            self._client._start_stream(timeout),
-            self._stream_open_request(),
+            self._rpc,
+            timeout,
+            self.session_id,
             inputs,
             options,
             self._model.vocabulary,
@@ -114,7 +114,8 @@ class Session(SessionCore):
         call; the session stays open.
         """
         return SessionStream(
-            self._client._start_stream(timeout),
+            self._rpc,
+            timeout,
             self.session_id,
             self._model.vocabulary,
             on_step_count=self._track_step_count,
@@ -149,12 +150,12 @@ class Session(SessionCore):
         """
         settings = generation_settings(max_tokens, temperature, top_k, top_p, seed, stop)
         request = self._generate_request(prompt, settings)
-        call = self._client._start_generate(request, timeout)
-        return Generation(call, on_finish=self._track_generation)
+        self._stepping_out_of_sight()
+        return Generation(self._rpc, request, timeout, on_finish=self._track_generation)
 
     def describe(self, *, timeout: float | None = None) -> SessionInfo:
         """Ask the server for the session's current description (step count, expiry)."""
-        response = self._client._call(
+        response = self._rpc.call(
             "GetSession",
             pb.GetSessionRequest(session_id=self.session_id),
             timeout=timeout,
@@ -164,14 +165,14 @@ class Session(SessionCore):
 
     def reset(self, *, timeout: float | None = None) -> SessionInfo:
         """Set the state back to the model's initial state (step count 0)."""
-        response = self._client._call(
+        response = self._rpc.call(
             "ResetSession", pb.ResetSessionRequest(session_id=self.session_id), timeout=timeout
         )
         return self._described(response.session)
 
     def snapshot(self, *, timeout: float | None = None) -> bytes:
         """Export the state as integrity-checked snapshot bytes (see :meth:`Client.restore`)."""
-        response = self._client._call(
+        response = self._rpc.call(
             "ExportState",
             pb.ExportStateRequest(session_id=self.session_id),
             timeout=timeout,
@@ -182,12 +183,13 @@ class Session(SessionCore):
 
     def close(self, *, timeout: float | None = None) -> None:
         """Close the session and free its state on the server (closing twice is harmless)."""
-        request = self._close_request()
-        if request is None:
+        if self._closed:
             return
+        self._closed = True
         # Already gone (expired, evicted or closed) means nothing is left to free.
         with contextlib.suppress(NotFound):
-            self._client._call("CloseSession", request, timeout=timeout)
+            request = pb.CloseSessionRequest(session_id=self.session_id)
+            self._rpc.call("CloseSession", request, timeout=timeout)
 
     def __enter__(self) -> Session:
         return self

@@ -1,16 +1,11 @@
-"""What Session and AsyncSession share: step-count bookkeeping and request building, no I/O."""
+"""What Session and AsyncSession share: the session as the server last described it, no I/O."""
 
 from __future__ import annotations
 
 import grpc
-from rnnserve.client._codec import (
-    aim_generation,
-    decode_result,
-    decode_session,
-    encode_input,
-    encode_options,
-)
+from rnnserve.client._codec import decode_result, decode_session
 from rnnserve.client._errors import RnnServeError
+from rnnserve.client._requests import aim_generation, step_request
 from rnnserve.client._types import (
     GeneratedToken,
     InputLike,
@@ -36,7 +31,8 @@ UNCERTAIN_CODES = frozenset(
 
 class SessionCore:
     """The I/O-free half of :class:`Session` and :class:`AsyncSession`: what the session is and
-    how many steps it has consumed, and the requests that carry that count."""
+    how many steps it has consumed. Building a request reads that count; only replies, failures
+    and calls that step the session out of sight (streams, generations) change it."""
 
     def __init__(self, info: SessionInfo, model: ModelInfo) -> None:
         self._info = info
@@ -64,34 +60,43 @@ class SessionCore:
         """Steps consumed since opened or last reset, as last known (``None`` if uncertain)."""
         return self._step_count
 
+    # -- requests (they read the session, never change it) --------------------------------------
+
     def _step_request(self, data: InputLike, options: OutputOptions) -> pb.StepRequest:
         """A Step request carrying the expected step count (known: the caller describes first)."""
         assert self._step_count is not None
-        return pb.StepRequest(
-            session_id=self.session_id,
-            input=encode_input(data, self._model.vocabulary),
-            output=encode_options(options),
-            expected_step_count=self._step_count,
+        return step_request(
+            self.session_id, self._step_count, data, self._model.vocabulary, options
         )
 
-    def _step_failed(self, error: RnnServeError) -> None:
-        if error.code in UNCERTAIN_CODES:
-            self._step_count = None
+    def _generate_request(
+        self, prompt: InputLike | None, settings: pb.GenerateRequest
+    ) -> pb.GenerateRequest:
+        """A generation on this session, from ``settings`` (see ``generation_settings``)."""
+        return aim_generation(
+            settings, session_id=self.session_id, prompt=prompt, vocabulary=self._model.vocabulary
+        )
+
+    # -- tracking (replies, failures, and calls that step the session out of sight) -------------
 
     def _stepped(self, response: pb.StepResponse) -> StepOutput:
         result = decode_result(response.result)
         self._step_count = result.step_count
         return result
 
+    def _step_failed(self, error: RnnServeError) -> None:
+        if error.code in UNCERTAIN_CODES:
+            self._step_count = None
+
     def _described(self, session: pb.SessionInfo) -> SessionInfo:
         self._info = decode_session(session)
         self._step_count = self._info.step_count
         return self._info
 
-    def _stream_open_request(self) -> pb.StreamRequest:
-        # The step count is only certain again once the stream ends cleanly.
+    def _stepping_out_of_sight(self) -> None:
+        # A stream or generation steps the session as it goes: the count is only certain again
+        # once it reports how it ended.
         self._step_count = None
-        return pb.StreamRequest(request_id="open", open=pb.OpenSession(session_id=self.session_id))
 
     def _track_output(self, result: StepOutput | None) -> None:
         self._step_count = result.step_count if result is not None else None
@@ -99,21 +104,5 @@ class SessionCore:
     def _track_step_count(self, step_count: int | None) -> None:
         self._step_count = step_count
 
-    def _generate_request(
-        self, prompt: InputLike | None, settings: pb.GenerateRequest
-    ) -> pb.GenerateRequest:
-        request = aim_generation(
-            settings, session_id=self.session_id, prompt=prompt, vocabulary=self._model.vocabulary
-        )
-        self._step_count = None
-        return request
-
     def _track_generation(self, last: GeneratedToken | None) -> None:
         self._step_count = last.step_count if last is not None else None
-
-    def _close_request(self) -> pb.CloseSessionRequest | None:
-        """The request that closes the session, or ``None`` when it was closed already."""
-        if self._closed:
-            return None
-        self._closed = True
-        return pb.CloseSessionRequest(session_id=self.session_id)

@@ -11,9 +11,9 @@ from rnnserve.client._codec import (
     decode_token,
     encode_input,
     encode_options,
-    output_options,
 )
 from rnnserve.client._errors import InvalidArgument, from_stream_error
+from rnnserve.client._requests import stream_open_request, stream_step_request
 from rnnserve.client._types import (
     FinishReason,
     GeneratedToken,
@@ -37,17 +37,24 @@ END = "end"
 CALL_DONE = "call-done"
 
 
+def checked(response: pb.StreamResponse) -> pb.StreamResponse:
+    """A Stream reply, or its in-band error raised (the stream carries on)."""
+    if response.HasField("error"):
+        raise from_stream_error(response.error)
+    return response
+
+
 class OutputStreamCore:
     """The I/O-free half of :class:`OutputStream` and :class:`AsyncOutputStream`."""
 
     def __init__(
         self,
-        open_request: pb.StreamRequest,
+        session_id: str,
         options: OutputOptions,
         vocabulary: Vocabulary | None,
         on_output: Callable[[StepOutput | None], None],
     ) -> None:
-        self._open_request = open_request
+        self._open_request = stream_open_request(session_id)
         self._options = encode_options(options)
         self._vocabulary = vocabulary
         self._on_output = on_output
@@ -72,9 +79,7 @@ class OutputStreamCore:
 
     def _opened(self, response: pb.StreamResponse) -> None:
         """Take the reply to the open request (a refusal is raised; the caller cancels first)."""
-        if response.HasField("error"):
-            raise from_stream_error(response.error)
-        self._session = decode_session(response.session)
+        self._session = decode_session(checked(response).session)
 
     def _ended(self, kind: str, value: Any) -> bool:
         """Whether a pending entry ends the stream; raises for an input that never went out."""
@@ -89,9 +94,7 @@ class OutputStreamCore:
 
     def _output(self, response: pb.StreamResponse) -> StepOutput:
         """The output carried by one reply (or its in-band error, raised)."""
-        if response.HasField("error"):
-            raise from_stream_error(response.error)
-        output = decode_result(response.result)
+        output = decode_result(checked(response).result)
         self._on_output(output)
         return output
 
@@ -148,9 +151,11 @@ class SessionStreamCore:
 
     def __init__(
         self,
+        session_id: str,
         vocabulary: Vocabulary | None,
         on_step_count: Callable[[int | None], None],
     ) -> None:
+        self._open_request = stream_open_request(session_id)  # numbered "1" when it is sent
         self._vocabulary = vocabulary
         self._on_step_count = on_step_count
         self._counter = 0
@@ -164,14 +169,7 @@ class SessionStreamCore:
     def _step_request(
         self, data: InputLike, output: OutputFormat | str, steps: OutputSteps | str, top_k: int
     ) -> pb.StreamRequest:
-        options = encode_options(output_options(output, steps, top_k))
-        step = encode_input(data, self._vocabulary)
-        return pb.StreamRequest(step=step, output=options)
-
-    def _checked(self, response: pb.StreamResponse) -> pb.StreamResponse:
-        if response.HasField("error"):
-            raise from_stream_error(response.error)
-        return response
+        return stream_step_request(data, self._vocabulary, output, steps, top_k)
 
     def _fed(self, response: pb.StreamResponse) -> StepOutput:
         result = decode_result(response.result)

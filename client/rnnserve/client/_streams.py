@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 from rnnserve.client._errors import RnnServeError, convert_rpc_error
+from rnnserve.client._rpc import Rpc
 from rnnserve.client._stream_core import (
     CALL_DONE,
     END,
@@ -34,18 +35,19 @@ class OutputStream(OutputStreamCore, Iterator[StepOutput]):
 
     def __init__(
         self,
-        start: Callable[[Iterator[pb.StreamRequest]], Any],
-        open_request: pb.StreamRequest,
+        rpc: Rpc,
+        timeout: float | None,
+        session_id: str,
         inputs: Iterable[InputLike],
         options: OutputOptions,
         vocabulary: Vocabulary | None,
         on_output: Callable[[StepOutput | None], None] = lambda _: None,
     ) -> None:
-        super().__init__(open_request, options, vocabulary, on_output)
+        super().__init__(session_id, options, vocabulary, on_output)
         self._inputs = inputs
         self._pending: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._lock = threading.Lock()
-        self._call: Any = start(self._requests())
+        self._call: Any = rpc.stream(self._requests(), timeout)
         self._call.add_done_callback(lambda _: self._pending.put((CALL_DONE, None)))
 
     def _requests(self) -> Iterator[pb.StreamRequest]:
@@ -136,11 +138,13 @@ class Generation(GenerationCore, Iterator[str]):
 
     def __init__(
         self,
-        call: Any,
+        rpc: Rpc,
+        request: pb.GenerateRequest,
+        timeout: float | None,
         on_finish: Callable[[GeneratedToken | None], None] = lambda _: None,
     ) -> None:
+        self._call: Any = rpc.generate(request, timeout)
         super().__init__(on_finish)
-        self._call = call
 
     def __next__(self) -> str:
         if self._finished:

@@ -27,10 +27,10 @@ from rnnserve.client._codec import (
     encode_input,
     encode_options,
     encode_tensor,
-    generate_request,
     output_options,
 )
 from rnnserve.client._errors import from_rpc_error, from_stream_error
+from rnnserve.client._requests import aim_generation, generation_settings
 from rnnserve.client._retry import RetryPolicy
 from rnnserve.v1 import rnnserve_pb2 as pb
 
@@ -147,16 +147,22 @@ def test_decode_model_builds_the_vocabulary() -> None:
 
 
 def test_generate_request_sets_only_what_was_given() -> None:
-    request = generate_request(model="m", version=2, prompt="ab", max_tokens=5, stop=["."])
+    request = aim_generation(
+        generation_settings(max_tokens=5, stop=["."]), model="m", version=2, prompt="ab"
+    )
     assert request.model.name == "m" and request.model.version == 2
     assert request.text == "ab" and request.max_tokens == 5 and list(request.stop) == ["."]
     assert not request.sampling.HasField("temperature") and not request.sampling.HasField("seed")
-    request = generate_request(session_id="s", prompt=[1, 2], max_tokens=1, temperature=0.0, seed=0)
+    request = aim_generation(
+        generation_settings(max_tokens=1, temperature=0.0, seed=0), session_id="s", prompt=[1, 2]
+    )
     assert request.session_id == "s" and list(request.tokens.ids) == [1, 2]
     # temperature 0 (greedy) and seed 0 must travel: they are explicit presence fields.
     assert request.sampling.HasField("temperature") and request.sampling.temperature == 0.0
     assert request.sampling.HasField("seed") and request.sampling.seed == 0
-    assert not generate_request(model="m", prompt="", max_tokens=1).HasField("text")
+    assert not aim_generation(generation_settings(max_tokens=1), model="m", prompt="").HasField(
+        "text"
+    )
 
 
 def test_decode_token_maps_the_finish_reason() -> None:

@@ -10,9 +10,10 @@ import grpc
 import grpc.aio
 from rnnserve.client._codec import decode_session
 from rnnserve.client._errors import RnnServeError, convert_rpc_error
-from rnnserve.client._stream_core import SessionStreamCore
+from rnnserve.client._stream_core import SessionStreamCore, checked
 from rnnserve.client._types import InputLike, OutputFormat, OutputSteps, SessionInfo, StepOutput
 from rnnserve.client._vocabulary import Vocabulary
+from rnnserve.client.aio._rpc import AsyncRpc
 from rnnserve.v1 import rnnserve_pb2 as pb
 
 
@@ -23,25 +24,24 @@ class AsyncSessionStream(SessionStreamCore):
 
     def __init__(
         self,
-        start: Callable[[], Any],
+        rpc: AsyncRpc,
+        timeout: float | None,
         session_id: str,
         vocabulary: Vocabulary | None,
         on_step_count: Callable[[int | None], None] = lambda _: None,
     ) -> None:
-        super().__init__(vocabulary, on_step_count)
-        self._start = start
-        self._session_id = session_id
+        super().__init__(session_id, vocabulary, on_step_count)
+        self._rpc = rpc
+        self._timeout = timeout
         self._call: Any = None
         self.session: SessionInfo | None = None
         """The session as the server last described it (on open and reset)."""
 
     async def open(self) -> AsyncSessionStream:
         """Start the call and bind it to the session (``async with`` does this)."""
-        self._call = self._start()
+        self._call = self._rpc.stream(self._timeout)
         try:
-            response = await self._exchange(
-                pb.StreamRequest(open=pb.OpenSession(session_id=self._session_id))
-            )
+            response = await self._exchange(self._open_request)
         except RnnServeError:
             self._closed = True
             self._call.cancel()
@@ -62,7 +62,7 @@ class AsyncSessionStream(SessionStreamCore):
         if response is grpc.aio.EOF:
             self._closed = True
             raise RnnServeError("the server ended the stream", code=grpc.StatusCode.UNAVAILABLE)
-        return self._checked(response)
+        return checked(response)
 
     async def feed(
         self,

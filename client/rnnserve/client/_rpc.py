@@ -1,0 +1,50 @@
+"""The synchronous client's calls over one channel: metadata, deadlines and retries in one place."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from rnnserve.client._call_policy import CallPolicy
+from rnnserve.client._errors import convert_rpc_error
+from rnnserve.v1 import rnnserve_pb2 as pb
+from rnnserve.v1 import rnnserve_pb2_grpc
+
+
+class Rpc:
+    """Runs the calls of a :class:`Client`, its sessions and their streams."""
+
+    def __init__(self, channel: grpc.Channel, policy: CallPolicy) -> None:
+        self._stub = rnnserve_pb2_grpc.InferenceServiceStub(channel)
+        self._policy = policy
+
+    def call(
+        self, method: str, request: Any, *, timeout: float | None, idempotent: bool = False
+    ) -> Any:
+        """Run a unary call with the deadline, metadata and (if idempotent) retries; a failure
+        raises its :class:`RnnServeError`."""
+        callable_: Callable[..., Any] = getattr(self._stub, method)
+        attempts = self._policy.attempts(timeout, idempotent)
+        while True:
+            try:
+                return callable_(
+                    request, timeout=attempts.remaining(), metadata=self._policy.metadata
+                )
+            except grpc.RpcError as rpc_error:
+                error = convert_rpc_error(rpc_error)
+            # Outside the except block: a final failure is raised without the grpc error chained.
+            time.sleep(attempts.wait_after(error))
+
+    def stream(self, requests: Iterator[pb.StreamRequest], timeout: float | None) -> Any:
+        """Start a Stream call that sends ``requests``; ``timeout`` bounds the whole call."""
+        return self._stub.Stream(
+            requests, timeout=self._policy.timeout_for(timeout), metadata=self._policy.metadata
+        )
+
+    def generate(self, request: pb.GenerateRequest, timeout: float | None) -> Any:
+        """Start a Generate call; ``timeout`` bounds the whole call."""
+        return self._stub.Generate(
+            request, timeout=self._policy.timeout_for(timeout), metadata=self._policy.metadata
+        )

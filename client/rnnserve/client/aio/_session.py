@@ -1,0 +1,156 @@
+"""An asyncio session: one model version's hidden state kept on the server between calls."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterable, Iterable, Sequence
+
+from rnnserve.client._codec import output_options
+from rnnserve.client._errors import NotFound, RnnServeError
+from rnnserve.client._requests import generation_settings
+from rnnserve.client._session_core import SessionCore
+from rnnserve.client._types import (
+    InputLike,
+    ModelInfo,
+    OutputFormat,
+    OutputSteps,
+    SessionInfo,
+    StepOutput,
+)
+from rnnserve.client.aio._connection import AsyncSessionStream
+from rnnserve.client.aio._rpc import AsyncRpc
+from rnnserve.client.aio._streams import AsyncGeneration, AsyncOutputStream
+from rnnserve.v1 import rnnserve_pb2 as pb
+
+
+class AsyncSession(SessionCore):
+    """The asyncio :class:`~rnnserve.client.Session`; same methods, awaitable.
+
+    ``stream`` and ``generate`` return async iterators directly (no ``await``)."""
+
+    def __init__(self, rpc: AsyncRpc, info: SessionInfo, model: ModelInfo) -> None:
+        super().__init__(info, model)
+        self._rpc = rpc
+
+    def __repr__(self) -> str:
+        return f"AsyncSession({self.session_id!r}, model={self._model.name!r})"
+
+    async def feed(
+        self,
+        data: InputLike,
+        *,
+        output: OutputFormat | str = OutputFormat.RAW,
+        steps: OutputSteps | str = OutputSteps.ALL,
+        top_k: int = 5,
+        timeout: float | None = None,
+    ) -> StepOutput:
+        """Feed one message of input and return its outputs (see :meth:`Session.feed`)."""
+        options = output_options(output, steps, top_k)
+        if self._step_count is None:
+            await self.describe(timeout=timeout)
+        request = self._step_request(data, options)
+        try:
+            response = await self._rpc.call("Step", request, timeout=timeout, idempotent=True)
+        except RnnServeError as error:
+            self._step_failed(error)
+            raise
+        return self._stepped(response)
+
+    def stream(
+        self,
+        inputs: Iterable[InputLike] | AsyncIterable[InputLike],
+        *,
+        output: OutputFormat | str = OutputFormat.RAW,
+        steps: OutputSteps | str = OutputSteps.ALL,
+        top_k: int = 5,
+        timeout: float | None = None,
+    ) -> AsyncOutputStream:
+        """Stream inputs (a sync or async iterable) over one bidirectional call."""
+        options = output_options(output, steps, top_k)
+        self._stepping_out_of_sight()
+        return AsyncOutputStream(
+            self._rpc,
+            timeout,
+            self.session_id,
+            inputs,
+            options,
+            self._model.vocabulary,
+            on_output=self._track_output,
+        )
+
+    def open_stream(self, *, timeout: float | None = None) -> AsyncSessionStream:
+        """One ``Stream`` call for request/reply feeding (see :meth:`Session.open_stream`);
+        use ``async with session.open_stream() as stream:`` (or ``await stream.open()``)."""
+        return AsyncSessionStream(
+            self._rpc,
+            timeout,
+            self.session_id,
+            self._model.vocabulary,
+            on_step_count=self._track_step_count,
+        )
+
+    def generate(
+        self,
+        prompt: InputLike | None = None,
+        *,
+        max_tokens: int,
+        temperature: float | None = None,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> AsyncGeneration:
+        """Sample from this session's language model (see :meth:`Session.generate`)."""
+        settings = generation_settings(max_tokens, temperature, top_k, top_p, seed, stop)
+        request = self._generate_request(prompt, settings)
+
+        async def built() -> pb.GenerateRequest:
+            return request
+
+        self._stepping_out_of_sight()
+        return AsyncGeneration(self._rpc, built, timeout, on_finish=self._track_generation)
+
+    async def describe(self, *, timeout: float | None = None) -> SessionInfo:
+        """Ask the server for the session's current description."""
+        response = await self._rpc.call(
+            "GetSession",
+            pb.GetSessionRequest(session_id=self.session_id),
+            timeout=timeout,
+            idempotent=True,
+        )
+        return self._described(response.session)
+
+    async def reset(self, *, timeout: float | None = None) -> SessionInfo:
+        """Set the state back to the model's initial state (step count 0)."""
+        response = await self._rpc.call(
+            "ResetSession", pb.ResetSessionRequest(session_id=self.session_id), timeout=timeout
+        )
+        return self._described(response.session)
+
+    async def snapshot(self, *, timeout: float | None = None) -> bytes:
+        """Export the state as snapshot bytes (see :meth:`AsyncClient.restore`)."""
+        response = await self._rpc.call(
+            "ExportState",
+            pb.ExportStateRequest(session_id=self.session_id),
+            timeout=timeout,
+            idempotent=True,
+        )
+        self._described(response.session)
+        return bytes(response.snapshot)
+
+    async def close(self, *, timeout: float | None = None) -> None:
+        """Close the session and free its state (closing twice is harmless)."""
+        if self._closed:
+            return
+        self._closed = True
+        # Already gone (expired, evicted or closed) means nothing is left to free.
+        with contextlib.suppress(NotFound):
+            request = pb.CloseSessionRequest(session_id=self.session_id)
+            await self._rpc.call("CloseSession", request, timeout=timeout)
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
