@@ -2,8 +2,8 @@
 
 It keeps no state and runs no model: each step reply carries `steps x logits` float32 zeros, an
 argmax and a one-character label per step, byte for byte the size of the char-lstm's reply, so
-driving it with the same load shows what gRPC and Python alone cost. Run it with
-`python -m rnnserve.client.load.echo --port N`.
+driving it with the same load shows what gRPC and Python alone cost. Benchmark-only: run it with
+`python bench/echo_server.py --port N`.
 """
 
 from __future__ import annotations

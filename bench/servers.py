@@ -80,8 +80,8 @@ class ServerProcess:
 def start_echo(log_dir: Path, logits: int) -> ServerProcess:
     """The trivial echo server (transport floor), replying `logits` float32 per step."""
     port = free_port()
-    command = [sys.executable, "-m", "rnnserve.client.load.echo", "--port", str(port),
-               "--logits", str(logits)]  # fmt: skip
+    script = Path(__file__).with_name("echo_server.py")
+    command = [sys.executable, str(script), "--port", str(port), "--logits", str(logits)]
     return ServerProcess("echo", command, port, log_dir / "echo.log")
 
 

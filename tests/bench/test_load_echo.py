@@ -8,9 +8,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from echo_server import EchoService, start_echo_server
 from rnnserve.client.load import LoadConfig, format_table, run_load_async
 from rnnserve.client.load.cli import main
-from rnnserve.client.load.echo import EchoService, start_echo_server
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc as pb_grpc
 
