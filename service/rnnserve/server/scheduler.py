@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
-import queue
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -18,127 +14,14 @@ from rnnserve.server import metrics
 from rnnserve.server.domain import FloatArray
 from rnnserve.server.errors import DeadlineExceeded, Overloaded, ShuttingDown
 from rnnserve.server.runtime import OnnxModel
-from rnnserve.server.state_store import Commit, StateStore
+from rnnserve.server.state_store import StateStore
+from rnnserve.server.step_request import ModelCall, RequestStatus, StepRequest, commit_rows
+from rnnserve.server.worker import ModelWorker, RunResult, timed_run
 
 log = logging.getLogger(__name__)
 
 # How close to its deadline a finished step may still commit (see _deliver).
 _DEADLINE_MARGIN_S = 0.002
-
-
-class RequestStatus(enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-
-
-class StepRequest:
-    """One message of input for one sequence: a session's slot, or None for a stateless sequence."""
-
-    __slots__ = (
-        "before",
-        "carry",
-        "commit",
-        "commit_row",
-        "deadline",
-        "enqueued_at",
-        "future",
-        "inputs",
-        "offset",
-        "pieces",
-        "slot",
-        "status",
-        "steps",
-        "timer",
-    )
-
-    def __init__(
-        self,
-        inputs: npt.NDArray[np.generic],
-        slot: int | None,
-        deadline: float | None,
-        future: asyncio.Future[list[FloatArray]],
-    ) -> None:
-        self.inputs = inputs
-        self.steps = int(inputs.shape[0])
-        self.slot = slot
-        self.deadline = deadline
-        self.future = future
-        self.enqueued_at = time.monotonic()
-        self.status = RequestStatus.QUEUED
-        # A long message runs in segments: steps done so far, the state carried between its
-        # segments (private until the last one commits), and the outputs of done segments.
-        self.offset = 0
-        self.carry: list[FloatArray] | None = None
-        self.pieces: list[list[FloatArray]] = []
-        # The state before a message of several segments (one row, batch axis kept), taken at
-        # its first segment; a one-segment message's is the row its call gathered.
-        self.before: list[FloatArray] | None = None
-        # The store's record of this request's commit and its row in it, kept so that a step
-        # whose task is cancelled after the commit can be rolled back.
-        self.commit: Commit | None = None
-        self.commit_row = 0
-        self.timer: asyncio.TimerHandle | None = None  # fails the request at its deadline
-
-    @property
-    def committed(self) -> bool:
-        """True once the request's result is committed to the store (and not rolled back)."""
-        return self.commit is not None
-
-
-RunResult = tuple[list[FloatArray], list[FloatArray]]
-RunFunction = Callable[[npt.NDArray[np.generic], Sequence[FloatArray]], RunResult]
-# (result, error, seconds inside the model call)
-DoneCallback = Callable[[RunResult | None, BaseException | None, float], None]
-
-
-def timed_run(
-    run: RunFunction, inputs: npt.NDArray[np.generic], states: Sequence[FloatArray]
-) -> tuple[RunResult | None, BaseException | None, float]:
-    """Call the model once: (result, error, seconds spent in the call itself)."""
-    started = time.perf_counter()
-    try:
-        return run(inputs, states), None, time.perf_counter() - started
-    except Exception as err:
-        return None, err, time.perf_counter() - started
-
-
-class ModelWorker:
-    """The one thread that runs a model's onnxruntime calls, off the event loop.
-
-    A plain thread fed by a SimpleQueue; each result comes back to the event loop as one
-    call_soon_threadsafe callback (no concurrent.futures.Future chained into an asyncio one).
-    """
-
-    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._jobs: queue.SimpleQueue[
-            tuple[RunFunction, npt.NDArray[np.generic], Sequence[FloatArray], DoneCallback] | None
-        ] = queue.SimpleQueue()
-        # daemon: a call stuck in onnxruntime must not keep the process alive at exit
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
-
-    def call(
-        self,
-        run: RunFunction,
-        inputs: npt.NDArray[np.generic],
-        states: Sequence[FloatArray],
-        done: DoneCallback,
-    ) -> None:
-        """Queue one call; `done(result, error)` then runs on the event loop thread."""
-        self._jobs.put((run, inputs, states, done))
-
-    def close(self) -> None:
-        """Let the thread finish its current call and exit."""
-        self._jobs.put(None)
-
-    def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            run, inputs, states, done = job
-            result, error, seconds = timed_run(run, inputs, states)
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                self._loop.call_soon_threadsafe(done, result, error, seconds)
 
 
 class BatchScheduler:
@@ -163,10 +46,10 @@ class BatchScheduler:
     hand-offs, with no extra task switches. A small call (at most `inline_max_tokens` tokens)
     skips the hand-offs: it runs on the loop thread and is delivered within the dispatch.
 
-    States are gathered from the StateStore just before the call and scattered back when a
-    message's last segment returns, on the event loop thread, only for requests whose future is
-    still wanted; a request whose task is cancelled after that commit is rolled back by
-    `abandon`.
+    States are gathered from the StateStore just before the call. When a message's last segment
+    returns, the store commits all of its session's state (rows, last output, step count) on the
+    event loop thread, only for requests whose future is still wanted; a request whose task is
+    cancelled after that commit is rolled back by `abandon`.
     """
 
     max_steps_per_call = 256
@@ -190,7 +73,7 @@ class BatchScheduler:
         self._queue: deque[StepRequest] = deque()
         # groups taken from the queue and waiting for the worker (a batch of mixed lengths)
         self._groups: deque[list[StepRequest]] = deque()
-        self._call: _Call | None = None  # the group in the worker now
+        self._call: ModelCall | None = None  # the group in the worker now
         self._dispatch_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: ModelWorker | None = None
@@ -357,45 +240,16 @@ class BatchScheduler:
         A small call runs inline on the loop thread and is delivered before this returns
         (False); a bigger one goes to the worker thread (True: the worker is now busy).
         """
-        steps = self._segment(group[0])
-        specs = self.store.specs
-        # Fresh sessions (gathered from the store), then continuing long messages (their carried
-        # state), then fresh stateless sequences (initial state).
-        fresh = [r for r in group if r.carry is None and r.slot is not None]
-        carried = [r for r in group if r.carry is not None]
-        stateless = [r for r in group if r.carry is None and r.slot is None]
-        order = fresh + carried + stateless
-        parts: list[list[FloatArray]] = []
-        if fresh:
-            slots = np.fromiter((r.slot for r in fresh), dtype=np.intp, count=len(fresh))
-            parts.append(self.store.gather(slots))
-        if carried:
-            parts.append(
-                [
-                    np.concatenate([r.carry[j] for r in carried if r.carry], axis=spec.batch_axis)
-                    for j, spec in enumerate(specs)
-                ]
-            )
-        if stateless:
-            parts.append(self.store.initial_batch(len(stateless)))
-        if len(parts) == 1:
-            states = parts[0]
-        else:
-            states = [
-                np.concatenate([part[j] for part in parts], axis=spec.batch_axis)
-                for j, spec in enumerate(specs)
-            ]
-        inputs = np.stack([r.inputs[r.offset : r.offset + steps] for r in order])
-        call = _Call(order, steps, states)
-        self._call_batch = 0.9 * self._call_batch + 0.1 * len(order)
-        if len(order) * steps <= self.inline_max_tokens and (
+        call = ModelCall.build(self.store, group, self._segment(group[0]))
+        self._call_batch = 0.9 * self._call_batch + 0.1 * len(call.order)
+        if len(call.order) * call.steps <= self.inline_max_tokens and (
             self._call_batch <= self.inline_max_tokens
         ):
-            self._complete(call, *timed_run(self.model.run, inputs, states))
+            self._complete(call, *timed_run(self.model.run, call.inputs, call.states))
             return False
         assert self._worker is not None
         self._call = call
-        self._worker.call(self.model.run, inputs, states, self._on_done)
+        self._worker.call(self.model.run, call.inputs, call.states, self._on_done)
         return True
 
     def _on_done(
@@ -409,7 +263,7 @@ class BatchScheduler:
         self._dispatch()
 
     def _complete(
-        self, call: _Call, result: RunResult | None, error: BaseException | None, seconds: float
+        self, call: ModelCall, result: RunResult | None, error: BaseException | None, seconds: float
     ) -> None:
         """Deliver one finished call (loop thread); `seconds` is the time inside the model."""
         try:
@@ -482,7 +336,7 @@ class BatchScheduler:
                 finished.append(index)
         committing = [i for i in finished if order[i].slot is not None]
         if committing:
-            self._commit(order, committing, states, outputs, new_states)
+            commit_rows(self.store, order, committing, states, outputs, new_states)
         for index in finished:
             request = order[index]
             request.status = RequestStatus.DONE
@@ -495,54 +349,3 @@ class BatchScheduler:
                 request.pieces = []
             request.carry = None
             request.future.set_result(rows)
-
-    def _commit(
-        self,
-        order: list[StepRequest],
-        rows: list[int],
-        states: list[FloatArray],
-        outputs: list[FloatArray],
-        new_states: list[FloatArray],
-    ) -> None:
-        """Commit the requests at `rows` of a call to the store, in one StateStore.commit."""
-        specs = self.store.specs
-        requests = [order[i] for i in rows]
-        slots = np.fromiter((r.slot for r in requests), dtype=np.intp, count=len(requests))
-        steps = np.fromiter((r.steps for r in requests), dtype=np.int64, count=len(requests))
-        segmented = any(r.before is not None for r in requests)
-        if len(rows) == len(order) and not segmented:
-            # the common case: every row of the call commits, and its input rows are the before
-            commit = self.store.commit(slots, states, new_states, outputs, steps)
-        else:
-            keep = np.asarray(rows, dtype=np.intp)
-            before = [
-                np.concatenate(
-                    [
-                        r.before[j] if r.before is not None else np.take(s, [i], axis=p.batch_axis)
-                        for r, i in zip(requests, rows, strict=True)
-                    ],
-                    axis=p.batch_axis,
-                )
-                for j, (p, s) in enumerate(zip(specs, states, strict=True))
-            ]
-            commit = self.store.commit(
-                slots,
-                before,
-                [
-                    np.take(s, keep, axis=p.batch_axis)
-                    for p, s in zip(specs, new_states, strict=True)
-                ],
-                [o[keep] for o in outputs],
-                steps,
-            )
-        for row, request in enumerate(requests):
-            request.commit, request.commit_row = commit, row
-
-
-class _Call:
-    """One group's onnxruntime call: its requests in batch order, steps, input states."""
-
-    __slots__ = ("order", "states", "steps")
-
-    def __init__(self, order: list[StepRequest], steps: int, states: list[FloatArray]) -> None:
-        self.order, self.steps, self.states = order, steps, states
