@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +16,9 @@ class RnnServeError(Exception):
         code: the gRPC status code (``grpc.StatusCode``).
         message: the server's human-readable message.
         field: the request field at fault (e.g. ``"step.tokens.ids[3]"``) when the server named
-            one, else ``None``.
+            one, else ``None``. It comes from the error's structured details (a stream's
+            in-band error, or a failed call's ``google.rpc`` details, which need the
+            ``googleapis-common-protos`` package), never from the message text.
         retry_after: seconds the server asked the caller to wait before retrying (set for an
             overloaded server), else ``None``.
         reason: the server's finer reason where it gave one, e.g. ``"expired"``, ``"evicted"``
@@ -174,12 +175,10 @@ _BY_CODE: dict[grpc.StatusCode, type[RnnServeError]] = {
 _BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
 _BY_NAME: dict[str, grpc.StatusCode] = {code.name: code for code in grpc.StatusCode}
 
-# Trailing-metadata keys a server may use to name the field at fault or a retry hint.
-_FIELD_KEYS = ("rnnserve-field", "x-rnnserve-field", "field")
-_RETRY_KEYS = ("retry-after-ms",)
+# The trailing metadata the server sends with a failed call (besides x-request-id): the retry
+# hint in milliseconds, and google.rpc rich error details (BadRequest, ErrorInfo, RetryInfo).
+_RETRY_AFTER_KEY = "retry-after-ms"
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
-# "step.tokens.ids[3]: token id 500 ..." -> the leading path, when the message starts with one.
-_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w]*(?:\[\d+\])*(?:\.[A-Za-z_]\w*(?:\[\d+\])*)*): ")
 
 
 def error_class(code: grpc.StatusCode) -> type[RnnServeError]:
@@ -196,10 +195,6 @@ def make_error(
     reason: str | None = None,
 ) -> RnnServeError:
     """Build the exception for a status code, message and optional field."""
-    if field is None:
-        # The server writes "<field>: <message>" when a field is at fault.
-        match = _FIELD_PREFIX.match(message)
-        field = match.group(1) if match else None
     return error_class(code)(
         message, field=field or None, code=code, retry_after=retry_after, reason=reason
     )
@@ -212,10 +207,10 @@ def from_stream_error(error: rnnserve_pb2.Error) -> RnnServeError:
     return make_error(code, error.message, field=error.field or None, retry_after=retry_after)
 
 
-def _metadata_value(metadata: Sequence[Any] | None, keys: Sequence[str]) -> str | bytes | None:
+def _metadata_value(metadata: Sequence[Any] | None, wanted: str) -> str | bytes | None:
     for item in metadata or ():
         key, value = item[0], item[1]
-        if key in keys:
+        if key == wanted:
             return value  # type: ignore[no-any-return]
     return None
 
@@ -263,15 +258,12 @@ def from_rpc_error(
     field: str | None = None
     retry_after: float | None = None
     reason: str | None = None
-    blob = _metadata_value(trailing_metadata, (_STATUS_DETAILS_KEY,))
+    blob = _metadata_value(trailing_metadata, _STATUS_DETAILS_KEY)
     if isinstance(blob, bytes):
         field, retry_after, reason = _details_from_status(blob)
-    if field is None:
-        value = _metadata_value(trailing_metadata, _FIELD_KEYS)
-        if value:
-            field = value.decode() if isinstance(value, bytes) else value
     if retry_after is None:
-        value = _metadata_value(trailing_metadata, _RETRY_KEYS)
+        # Without googleapis-common-protos the RetryInfo detail cannot be read; this can.
+        value = _metadata_value(trailing_metadata, _RETRY_AFTER_KEY)
         if value:
             try:
                 retry_after = float(value) / 1000.0

@@ -77,9 +77,10 @@ class FakeState:
 
 
 def _abort(context: grpc.ServicerContext, error: FakeError) -> None:
-    # Rich status like the real transport: a BadRequest naming the field.
+    # Rich status like the real transport: a BadRequest naming the field of an invalid argument,
+    # and an ErrorInfo whose metadata names the field whatever the code.
     status = status_pb2.Status(code=error.code.value[0], message=error.message)
-    if error.field:
+    if error.field and error.code == grpc.StatusCode.INVALID_ARGUMENT:
         detail = any_pb2.Any()
         detail.Pack(
             error_details_pb2.BadRequest(
@@ -91,6 +92,15 @@ def _abort(context: grpc.ServicerContext, error: FakeError) -> None:
             )
         )
         status.details.append(detail)
+    info = any_pb2.Any()
+    info.Pack(
+        error_details_pb2.ErrorInfo(
+            reason=error.code.name,
+            domain="rnnserve.v1",
+            metadata={"field": error.field} if error.field else {},
+        )
+    )
+    status.details.append(info)
     if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         context.set_trailing_metadata((("retry-after-ms", "250"),))
     context.abort_with_status(rpc_status.to_status(status))

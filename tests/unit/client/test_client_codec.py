@@ -224,13 +224,31 @@ def test_rpc_error_reads_field_and_retry_hint_from_rich_details() -> None:
     assert error.field == "input.features" and error.retry_after == pytest.approx(0.3)
 
 
-def test_rpc_error_falls_back_to_metadata_and_message_prefix() -> None:
+def _details(*details: object) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata carrying google.rpc rich error details, as the server sends them."""
+    status = status_pb2.Status()
+    for detail in details:
+        packed = any_pb2.Any()
+        packed.Pack(detail)  # type: ignore[arg-type]
+        status.details.append(packed)
+    return (("grpc-status-details-bin", status.SerializeToString()),)
+
+
+def test_rpc_error_falls_back_to_retry_metadata_and_reads_the_field_from_error_info() -> None:
     error = from_rpc_error(
         grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded", (("retry-after-ms", "120"),)
     )
     assert isinstance(error, ResourceExhausted) and error.retry_after == pytest.approx(0.12)
     error = from_rpc_error(
-        grpc.StatusCode.INVALID_ARGUMENT, "sequences[2].tokens.ids[3]: token id 500 too big", None
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "sequences[2].tokens.ids[3]: token id 500 too big",
+        _details(
+            error_details_pb2.ErrorInfo(
+                reason="INVALID_INPUT",
+                domain="rnnserve.v1",
+                metadata={"field": "sequences[2].tokens.ids[3]"},
+            )
+        ),
     )
     assert error.field == "sequences[2].tokens.ids[3]"
     assert isinstance(from_rpc_error(grpc.StatusCode.NOT_FOUND, "gone", None), NotFound)
@@ -253,7 +271,9 @@ def test_rpc_error_reads_the_reason_from_error_info() -> None:
     info = any_pb2.Any()
     info.Pack(
         error_details_pb2.ErrorInfo(
-            reason="SESSION_NOT_FOUND", domain="rnnserve.v1", metadata={"reason": "expired"}
+            reason="SESSION_NOT_FOUND",
+            domain="rnnserve.v1",
+            metadata={"reason": "expired", "field": "session_id"},
         )
     )
     status.details.append(info)
@@ -265,3 +285,24 @@ def test_rpc_error_reads_the_reason_from_error_info() -> None:
     assert isinstance(error, NotFound)
     assert error.reason == "expired" and error.field == "session_id"
     assert str(error) == "NOT_FOUND: session_id: session 'x' expired"
+
+
+def test_the_field_is_never_read_from_the_message_text() -> None:
+    # Only structured places name the field: a message that merely starts with a path does not.
+    error = from_rpc_error(
+        grpc.StatusCode.INVALID_ARGUMENT, "sequences[2].tokens.ids[3]: token id 500 too big", None
+    )
+    assert isinstance(error, InvalidArgument) and error.field is None
+    assert str(error) == "INVALID_ARGUMENT: sequences[2].tokens.ids[3]: token id 500 too big"
+    in_band = from_stream_error(
+        pb.Error(code=3, code_name="INVALID_ARGUMENT", message="step.text[0]: not in vocabulary")
+    )
+    assert in_band.field is None
+    # A BadRequest violation names it for INVALID_ARGUMENT; ErrorInfo metadata for any code.
+    bad_request = error_details_pb2.BadRequest(
+        field_violations=[error_details_pb2.BadRequest.FieldViolation(field="input.text[2]")]
+    )
+    error = from_rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "bad", _details(bad_request))
+    assert error.field == "input.text[2]"
+    info = error_details_pb2.ErrorInfo(reason="SESSION_BUSY", metadata={"field": "session_id"})
+    assert from_rpc_error(grpc.StatusCode.ABORTED, "busy", _details(info)).field == "session_id"
