@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -83,6 +85,37 @@ class _Cycle:
         return item
 
 
+class _SessionClock:
+    """One session's timing: each answered message's latency, and the time to its first output."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = recorder
+        self._started = time.perf_counter()
+        self._first = True
+
+    def answered(self, sent: float, done: float, steps: int) -> None:
+        """A message of `steps` steps sent at `sent` was answered at `done`."""
+        self._recorder.ok(done, done - sent, steps)
+        if self._first:
+            self._recorder.session_first_output(done - self._started)
+            self._first = False
+
+
+async def _timed_unary(
+    send: Callable[[], Awaitable[object]], pacer: Pacer, clock: _SessionClock, ctx: RunContext
+) -> bool:
+    """Send one paced unary message; whether the session carries on (only transient failures
+    let it)."""
+    sent = await pacer.wait()
+    try:
+        await send()
+    except grpc.aio.AioRpcError as err:
+        ctx.recorder.error(err.code().name)
+        return err.code() in _TRANSIENT
+    clock.answered(sent, time.perf_counter(), ctx.config.steps_per_message)
+    return True
+
+
 class StreamDriver:
     """One bidirectional Stream per session: open, `steps` step messages, close."""
 
@@ -96,12 +129,11 @@ class StreamDriver:
 
     async def run_session(self, stub: pb_grpc.InferenceServiceStub, pacer: Pacer) -> None:
         ctx, config, recorder = self.ctx, self.ctx.config, self.ctx.recorder
-        started = time.perf_counter()
+        clock = _SessionClock(recorder)
         chunks = ctx.feed_chunks()
         call = stub.Stream(
             metadata=ctx.metadata, timeout=config.timeout_s * (config.steps + len(chunks) + 2)
         )
-        first = True
         try:
             await call.write(pb.StreamRequest(open=pb.OpenSession(model=ctx.model_ref)))
             if not _stream_ok(await call.read(), recorder):
@@ -126,10 +158,7 @@ class StreamDriver:
                 if reply.WhichOneof("kind") == "error":
                     recorder.error(reply.error.code_name or str(reply.error.code))
                     continue
-                recorder.ok(done, done - sent, steps)
-                if first:
-                    recorder.session_first_output(done - started)
-                    first = False
+                clock.answered(sent, done, steps)
             await call.write(pb.StreamRequest(control=pb.CONTROL_ACTION_CLOSE))
             await call.read()
             await call.done_writing()
@@ -164,7 +193,7 @@ class StepDriver:
     async def run_session(self, stub: pb_grpc.InferenceServiceStub, pacer: Pacer) -> None:
         ctx, config, recorder = self.ctx, self.ctx.config, self.ctx.recorder
         timeout, metadata, output = config.timeout_s, ctx.metadata, ctx.output
-        started = time.perf_counter()
+        clock = _SessionClock(recorder)
         try:
             created = await stub.CreateSession(
                 pb.CreateSessionRequest(model=ctx.model_ref), timeout=timeout, metadata=metadata
@@ -174,7 +203,6 @@ class StepDriver:
             recorder.session_done()
             return
         session_id = created.session.session_id
-        first = True
         try:
             for chunk in ctx.feed_chunks():
                 await stub.Step(
@@ -182,26 +210,15 @@ class StepDriver:
                     timeout=timeout,
                     metadata=metadata,
                 )
-            steps = config.steps_per_message
             for _ in range(config.steps):
                 if not ctx.bounds.take_message():
                     break
                 request = pb.StepRequest(
                     session_id=session_id, input=self._inputs.next(), output=output
                 )
-                sent = await pacer.wait()
-                try:
-                    await stub.Step(request, timeout=timeout, metadata=metadata)
-                except grpc.aio.AioRpcError as err:
-                    recorder.error(err.code().name)
-                    if err.code() in _TRANSIENT:
-                        continue
+                step = functools.partial(stub.Step, request, timeout=timeout, metadata=metadata)
+                if not await _timed_unary(step, pacer, clock, ctx):
                     return
-                done = time.perf_counter()
-                recorder.ok(done, done - sent, steps)
-                if first:
-                    recorder.session_first_output(done - started)
-                    first = False
         except grpc.aio.AioRpcError as err:
             recorder.error(err.code().name)
         finally:
@@ -269,8 +286,7 @@ class PredictDriver:
         steps = config.steps_per_message
         sequence = ctx.inputs.tokens(config.start_position + config.steps * steps)
         output = pb.OutputOptions(steps=pb.OUTPUT_STEPS_LAST, format=_FORMATS[config.output_format])
-        started = time.perf_counter()
-        first = True
+        clock = _SessionClock(recorder)
         try:
             for index in range(config.steps):
                 if not ctx.bounds.take_message():
@@ -281,19 +297,11 @@ class PredictDriver:
                     sequences=[ctx.inputs.prefix(sequence[:length])],
                     output=output,
                 )
-                sent = await pacer.wait()
-                try:
-                    await stub.Predict(request, timeout=config.timeout_s, metadata=ctx.metadata)
-                except grpc.aio.AioRpcError as err:
-                    recorder.error(err.code().name)
-                    if err.code() in _TRANSIENT:
-                        continue
+                predict = functools.partial(
+                    stub.Predict, request, timeout=config.timeout_s, metadata=ctx.metadata
+                )
+                if not await _timed_unary(predict, pacer, clock, ctx):
                     return
-                done = time.perf_counter()
-                recorder.ok(done, done - sent, steps)
-                if first:
-                    recorder.session_first_output(done - started)
-                    first = False
         finally:
             recorder.session_done()
 
