@@ -45,7 +45,7 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(VENV)/.dev
-	$(VENV)/bin/mypy service/rnnserve/server client/rnnserve/client
+	$(VENV)/bin/mypy service/rnnserve/server client/rnnserve/client bench/transport_only.py
 
 proto: $(VENV)/.dev
 	$(PY) scripts/gen_proto.py

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rnnserve.server.domain import OutputOptions
 from rnnserve.server.engine import InferenceEngine
 from rnnserve.server.settings import Settings
-from rnnserve.server.types import OutputOptions
 
 
 async def _measure(

@@ -12,36 +12,76 @@ import argparse
 import asyncio
 import itertools
 import time
-from typing import Any
+from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
+from rnnserve.server.core import InferenceCore
+from rnnserve.server.domain import (
+    FinishReason,
+    GeneratedToken,
+    GenerationRequest,
+    InputData,
+    ModelDescription,
+    OutputOptions,
+    OutputResult,
+    SessionView,
+    StepOutcome,
+)
+from rnnserve.server.manifest import (
+    Architecture,
+    ExportInfo,
+    ModelManifest,
+    OutputSpec,
+    StateSpec,
+    TokenInput,
+    VersionInfo,
+)
 from rnnserve.server.transport.servicer import InferenceServicer
-from rnnserve.server.types import OutputResult, SessionView, StepOutcome
 from rnnserve.v1 import rnnserve_pb2_grpc
 
 
-class NoOpEngine:
-    """The part of InferenceEngine's interface that sessions and steps use, answering at once."""
+class NoOpEngine(InferenceCore):
+    """An InferenceCore that answers every call at once with a reply of the model's size.
+
+    Sessions are ids only and hold no state; steps return zero logits. Only the cost of
+    rnnserve's transport remains.
+    """
 
     def __init__(self, logits: int) -> None:
         self._logits = logits
         self._ids = itertools.count()
+        self._manifest = ModelManifest(
+            name="char-lstm",
+            task="language-model",
+            cell="lstm",
+            streamable=True,
+            architecture=Architecture(layers=1, hidden_size=1),
+            input=TokenInput(name="tokens", vocabulary=[chr(32 + i) for i in range(logits)]),
+            outputs=[OutputSpec(name="logits", meaning="logits", shape=[logits])],
+            states=[StateSpec(input_name="h0", output_name="hn", shape=[1, 1])],
+            versions=[
+                VersionInfo(
+                    version=1, sha256="0" * 64, export=ExportInfo(exporter="none", opset=17)
+                )
+            ],
+        )
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def list_models(self) -> list[ModelDescription]:
+        return [self.get_model("char-lstm")]
+
+    def get_model(self, name: str, version: int = 0) -> ModelDescription:
+        return ModelDescription(self._manifest, 1, [1], 4, 1024)
 
     def _view(self, session_id: str) -> SessionView:
         now = time.time()
-        return SessionView(session_id, "char-lstm", 1, 0, now, now + 600, 4096)
+        return SessionView(session_id, "char-lstm", 1, 0, now, now + 600, 4)
 
-    async def create_session(self, name: str, version: int, identity: str) -> SessionView:
-        return self._view(f"s{next(self._ids)}")
-
-    async def close_session(self, session_id: str, identity: str) -> SessionView:
-        return self._view(session_id)
-
-    async def step(
-        self, session_id: str, identity: str, data: Any, options: Any, **_: Any
-    ) -> StepOutcome:
-        steps = len(data)
+    def _outcome(self, steps: int) -> StepOutcome:
         output = OutputResult(
             "logits",
             "logits",
@@ -51,10 +91,55 @@ class NoOpEngine:
         )
         return StepOutcome([output], steps, steps)
 
+    async def create_session(self, name: str, version: int, identity: str) -> SessionView:
+        return self._view(f"s{next(self._ids)}")
+
+    async def get_session(self, session_id: str, identity: str) -> SessionView:
+        return self._view(session_id)
+
+    async def reset_session(self, session_id: str, identity: str) -> SessionView:
+        return self._view(session_id)
+
+    async def close_session(self, session_id: str, identity: str) -> SessionView:
+        return self._view(session_id)
+
+    async def export_state(self, session_id: str, identity: str) -> tuple[bytes, SessionView]:
+        return b"", self._view(session_id)
+
+    async def import_state(self, snapshot: bytes, identity: str) -> SessionView:
+        return self._view(f"s{next(self._ids)}")
+
+    async def step(
+        self,
+        session_id: str,
+        identity: str,
+        data: InputData,
+        options: OutputOptions,
+        *,
+        input_field: str = "",
+        expected_step_count: int | None = None,
+        deadline: float | None = None,
+    ) -> StepOutcome:
+        return self._outcome(len(data))
+
+    async def predict(
+        self, name: str, version: int, sequences: list[InputData], options: OutputOptions
+    ) -> list[StepOutcome]:
+        return [self._outcome(len(data)) for data in sequences]
+
+    async def generate(
+        self, request: GenerationRequest, identity: str
+    ) -> AsyncIterator[GeneratedToken]:
+        session_id = request.session_id or f"s{next(self._ids)}"
+        count = request.max_tokens or 1
+        for index in range(count):
+            finish = FinishReason.LENGTH if index == count - 1 else None
+            yield GeneratedToken(session_id, 0, " ", index, index + 1, finish)
+
 
 async def _serve(port: int, logits: int) -> None:
     server = grpc.aio.server()
-    servicer = InferenceServicer(NoOpEngine(logits))  # type: ignore[arg-type]
+    servicer = InferenceServicer(NoOpEngine(logits))
     rnnserve_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

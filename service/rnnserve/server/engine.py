@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 
+from rnnserve.server.core import InferenceCore
 from rnnserve.server.domain import (
     GeneratedToken,
     GenerationRequest,
@@ -27,7 +28,7 @@ from rnnserve.server.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class InferenceEngine:
+class InferenceEngine(InferenceCore):
     """Implements InferenceCore: loads the models, owns the sessions, runs every request.
 
     The jobs live in their own modules — ModelRegistry (models, stores, schedulers),
