@@ -165,12 +165,7 @@ class BatchScheduler:
         error = ShuttingDown("the server is shutting down")
         self._fail(list(self._queue), error)
         self._queue.clear()
-        for group in self._groups:
-            self._fail(group, error)
-        self._groups.clear()
-        if self._call is not None:
-            self._fail(self._call.order, error)
-            self._call = None
+        self._fail_taken(error)
         if self._worker is not None:
             self._worker.close()
             self._worker = None
@@ -195,12 +190,7 @@ class BatchScheduler:
                     return
         except Exception as err:  # a bug here must not stop every session of the model
             log.exception("scheduler error for %s", self.model.key)
-            for group in self._groups:
-                self._fail(group, err)
-            self._groups.clear()
-            if self._call is not None:
-                self._fail(self._call.order, err)
-                self._call = None
+            self._fail_taken(err)
             if self._queue and self._loop is not None:
                 self._dispatch_scheduled = True
                 self._loop.call_soon(self._dispatch)
@@ -280,6 +270,15 @@ class BatchScheduler:
         except Exception as err:
             log.exception("delivering results failed for %s", self.model.key)
             self._fail(call.order, err)
+
+    def _fail_taken(self, error: BaseException) -> None:
+        """Fail every request taken from the queue: the waiting groups and the running call."""
+        for group in self._groups:
+            self._fail(group, error)
+        self._groups.clear()
+        if self._call is not None:
+            self._fail(self._call.order, error)
+            self._call = None
 
     @staticmethod
     def _fail(group: list[StepRequest], error: BaseException) -> None:

@@ -191,45 +191,49 @@ def rpc_handler(method: Handler) -> Handler:
 
         @functools.wraps(method)
         async def streaming(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
-            tokens = _begin(context)
-            started, code = time.perf_counter(), grpc.StatusCode.OK
-            try:
-                # aclosing: if grpc closes this generator (client gone), the handler's own
-                # generator (and the engine's under it) is closed now, not at garbage collection.
-                async with aclosing(method(self, request, context)) as responses:
-                    async for response in responses:
-                        yield response
-            except (asyncio.CancelledError, GeneratorExit):
-                code = grpc.StatusCode.CANCELLED  # the client went away or the server stops
-                raise
-            except Exception as err:
-                failure = report(err, name)
-                code = failure.code
-                await abort(context, err, failure)
-            finally:
-                record_call(name, code.name, time.perf_counter() - started)
-                _end(tokens)
+            # aclosing: if grpc closes this generator (client gone), the handler's own
+            # generator (and the engine's under it) is closed now, not at garbage collection.
+            async with (
+                _HandledCall(context, name),
+                aclosing(method(self, request, context)) as responses,
+            ):
+                async for response in responses:
+                    yield response
 
         return cast(Handler, streaming)
 
     @functools.wraps(method)
     async def unary(self: Any, request: Any, context: Any) -> Any:
-        tokens = _begin(context)
-        started, code = time.perf_counter(), grpc.StatusCode.OK
-        try:
+        async with _HandledCall(context, name):
             return await method(self, request, context)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as err:
-            failure = report(err, name)
-            code = failure.code
-            await abort(context, err, failure)
-        finally:
-            record_call(name, code.name, time.perf_counter() - started)
-            _end(tokens)
 
     return cast(Handler, unary)
+
+
+class _HandledCall:
+    """The life of one handled call: its log context, its failure's status, its metrics."""
+
+    __slots__ = ("_context", "_name", "_started", "_tokens")
+
+    def __init__(self, context: Any, name: str) -> None:
+        self._context, self._name = context, name
+
+    async def __aenter__(self) -> None:
+        self._tokens = _begin(self._context)
+        self._started = time.perf_counter()
+
+    async def __aexit__(self, kind: Any, err: BaseException | None, traceback: Any) -> None:
+        code = grpc.StatusCode.OK
+        try:
+            if isinstance(err, (asyncio.CancelledError, GeneratorExit)):
+                code = grpc.StatusCode.CANCELLED  # the client went away or the server stops
+            elif isinstance(err, Exception):
+                failure = report(err, self._name)
+                code = failure.code
+                await abort(self._context, err, failure)
+        finally:
+            record_call(self._name, code.name, time.perf_counter() - self._started)
+            _end(self._tokens)
 
 
 def _begin(context: Any) -> tuple[Any, Any]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
 from rnnserve.server.core import InferenceCore
+from rnnserve.server.domain import SessionView
 from rnnserve.server.errors import InvalidInput
 from rnnserve.server.logs import SESSION_ID
 from rnnserve.server.transport import codecs
@@ -78,22 +79,25 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
     async def GetSession(
         self, request: pb.GetSessionRequest, context: Any
     ) -> pb.GetSessionResponse:
-        view = await self._core.get_session(_session(request.session_id), identity_of(context))
-        return pb.GetSessionResponse(session=codecs.encode_session(view))
+        return pb.GetSessionResponse(
+            session=await _on_session(self._core.get_session, request, context)
+        )
 
     @rpc_handler
     async def ResetSession(
         self, request: pb.ResetSessionRequest, context: Any
     ) -> pb.ResetSessionResponse:
-        view = await self._core.reset_session(_session(request.session_id), identity_of(context))
-        return pb.ResetSessionResponse(session=codecs.encode_session(view))
+        return pb.ResetSessionResponse(
+            session=await _on_session(self._core.reset_session, request, context)
+        )
 
     @rpc_handler
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: Any
     ) -> pb.CloseSessionResponse:
-        view = await self._core.close_session(_session(request.session_id), identity_of(context))
-        return pb.CloseSessionResponse(session=codecs.encode_session(view))
+        return pb.CloseSessionResponse(
+            session=await _on_session(self._core.close_session, request, context)
+        )
 
     @rpc_handler
     async def ExportState(
@@ -137,6 +141,14 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
     async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.GetModelResponse:
         name, version = codecs.decode_model_ref(request.model)
         return pb.GetModelResponse(model=codecs.encode_model(self._core.get_model(name, version)))
+
+
+async def _on_session(
+    operation: Callable[[str, str], Awaitable[SessionView]], request: Any, context: Any
+) -> pb.SessionInfo:
+    """Run a session operation on the request's session for the caller; its description."""
+    view = await operation(_session(request.session_id), identity_of(context))
+    return codecs.encode_session(view)
 
 
 def _session(session_id: str) -> str:
