@@ -100,109 +100,38 @@ def _vocabulary_size(model: onnx.ModelProto) -> int | None:
     return None
 
 
+StatePair = tuple[onnx.ValueInfoProto, str]  # a state input and the name of its output
+
+
 def propose_manifest(path: Path, name: str | None = None) -> tuple[ModelManifest, list[str]]:
     """Inspect `path` and propose a manifest; returns it with the guesses a person should check."""
     model = onnx.load(str(path))
     guesses: list[str] = []
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in initializers]
-    outputs = list(model.graph.output)
-    output_names = [o.name for o in outputs]
-
-    state_pairs: list[tuple[onnx.ValueInfoProto, str]] = []
-    main_inputs = []
-    for value in inputs:
-        partner = _pair_name(value.name, output_names)
-        if (
-            partner is not None
-            and len(_dims(value)) == 3
-            and _elem_type(value) == TensorProto.FLOAT
-        ):
-            state_pairs.append((value, partner))
-        else:
-            main_inputs.append(value)
-    if not state_pairs:
-        raise InspectionError(
-            f"{path.name}: no state inputs paired with outputs by name (h0->hn, x_in->x_out); "
-            f"inputs {[v.name for v in inputs]}, outputs {output_names}"
-        )
-    if len(main_inputs) != 1:
-        raise InspectionError(
-            f"{path.name}: expected one non-state input, found {[v.name for v in main_inputs]}"
-        )
-    main = main_inputs[0]
-    main_dims = _dims(main)
-
+    main, state_pairs = _split_inputs(path, model)
+    model_input, vocab = _model_input(path, model, main, guesses)
+    width = model_input.width if isinstance(model_input, FeatureInput) else None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    output_names = [o.name for o in model.graph.output]
+    probe = _probe_inputs(model, main, width, vocab)
+    results = dict(zip(output_names, session.run(None, probe), strict=True))
+    state_outputs = {partner for _, partner in state_pairs}
+    outputs = [
+        _output_spec(path, out_name, list(results[out_name].shape))
+        for out_name in output_names
+        if out_name not in state_outputs
+    ]
     nodes = _recurrent_nodes(model)
     cell = _RECURRENT_OPS[nodes[0].op_type] if nodes else "lstm"
     if not nodes:
         guesses.append("no native RNN/GRU/LSTM node found: cell guessed as lstm")
     bidirectional = any(_attribute(n, "direction", b"forward") == b"bidirectional" for n in nodes)
-    state_dims = _dims(state_pairs[0][0])
-    hidden = int(state_dims[2]) if isinstance(state_dims[2], int) and state_dims[2] > 0 else None
-    if hidden is None and nodes:
-        hidden = int(_attribute(nodes[0], "hidden_size", 0)) or None
-    directions = 2 if bidirectional else 1
-    first_axis = state_dims[0]
-    layers = (
-        (int(first_axis) // directions)
-        if isinstance(first_axis, int) and first_axis > 0
-        else (max(1, len(nodes)))
-    )
-
-    vocab: int | None = None
-    width: int | None = None
-    model_input: TokenInput | FeatureInput
-    if _elem_type(main) == TensorProto.INT64:
-        vocab = _vocabulary_size(model)
-        if vocab is None:
-            raise InspectionError(f"{path.name}: token input but no embedding table found")
-        model_input = TokenInput(name=main.name, vocabulary=[str(i) for i in range(vocab)])
-        guesses.append(
-            f"vocabulary: {vocab} placeholder entries '0'..'{vocab - 1}'; put the real tokens"
-        )
-    elif len(main_dims) == 3 and isinstance(main_dims[2], int) and main_dims[2] > 0:
-        width = int(main_dims[2])
-        model_input = FeatureInput(name=main.name, width=width)
-    else:
-        raise InspectionError(
-            f"{path.name}: input {main.name} is neither int64 [batch, time] "
-            f"nor float32 [batch, time, width]: {main_dims}"
-        )
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    results = dict(
-        zip(output_names, session.run(None, _probe_inputs(model, main, width, vocab)), strict=True)
-    )
-    state_outputs = {partner for _, partner in state_pairs}
-    output_specs = []
-    for out_name in output_names:
-        if out_name in state_outputs:
-            continue
-        shape = list(results[out_name].shape)
-        if shape[:2] != [_PROBE_BATCH, _PROBE_TIME]:
-            raise InspectionError(
-                f"{path.name}: output {out_name} is not per-step [batch, time, ...]: "
-                f"{shape} for batch {_PROBE_BATCH}, time {_PROBE_TIME}"
-            )
-        trailing = [int(d) for d in shape[2:]]
-        lowered = out_name.lower()
-        meaning: Literal["logits", "value"]
-        if "logit" in lowered or "score" in lowered:
-            meaning = "logits"
-        elif trailing in ([], [1]) or any(w in lowered for w in ("value", "pred", "forecast")):
-            meaning = "value"
-        else:
-            meaning = "logits"
-        output_specs.append(OutputSpec(name=out_name, meaning=meaning, shape=trailing))
-    if vocab is not None and output_specs and output_specs[0].shape == [vocab]:
+    if vocab is not None and outputs and outputs[0].shape == [vocab]:
         task = "language-model"
-    elif output_specs and output_specs[0].meaning == "value":
+    elif outputs and outputs[0].meaning == "value":
         task = "regressor"
     else:
         task = "tagger" if bidirectional else "classifier"
     guesses.append(f"task guessed as {task}; labels unknown (add them for logits outputs)")
-
     states = [
         StateSpec(
             input_name=value.name,
@@ -226,9 +155,9 @@ def propose_manifest(path: Path, name: str | None = None) -> tuple[ModelManifest
         cell=cell,  # type: ignore[arg-type]
         bidirectional=bidirectional,
         streamable=not bidirectional,
-        architecture=Architecture(layers=layers, hidden_size=hidden or 1),
+        architecture=_architecture(nodes, states[0], bidirectional),
         input=model_input,
-        outputs=output_specs,
+        outputs=outputs,
         states=states,
         versions=[
             VersionInfo(
@@ -239,6 +168,90 @@ def propose_manifest(path: Path, name: str | None = None) -> tuple[ModelManifest
         ],
     )
     return manifest, guesses
+
+
+def _split_inputs(
+    path: Path, model: onnx.ModelProto
+) -> tuple[onnx.ValueInfoProto, list[StatePair]]:
+    """The one non-state input and the state inputs paired with their outputs by name."""
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    output_names = [o.name for o in model.graph.output]
+    state_pairs: list[StatePair] = []
+    main_inputs = []
+    for value in inputs:
+        partner = _pair_name(value.name, output_names)
+        if (
+            partner is not None
+            and len(_dims(value)) == 3
+            and _elem_type(value) == TensorProto.FLOAT
+        ):
+            state_pairs.append((value, partner))
+        else:
+            main_inputs.append(value)
+    if not state_pairs:
+        raise InspectionError(
+            f"{path.name}: no state inputs paired with outputs by name (h0->hn, x_in->x_out); "
+            f"inputs {[v.name for v in inputs]}, outputs {output_names}"
+        )
+    if len(main_inputs) != 1:
+        raise InspectionError(
+            f"{path.name}: expected one non-state input, found {[v.name for v in main_inputs]}"
+        )
+    return main_inputs[0], state_pairs
+
+
+def _model_input(
+    path: Path, model: onnx.ModelProto, main: onnx.ValueInfoProto, guesses: list[str]
+) -> tuple[TokenInput | FeatureInput, int | None]:
+    """Token ids (with the embedding table's vocabulary size) or feature frames of a width."""
+    main_dims = _dims(main)
+    if _elem_type(main) == TensorProto.INT64:
+        vocab = _vocabulary_size(model)
+        if vocab is None:
+            raise InspectionError(f"{path.name}: token input but no embedding table found")
+        guesses.append(
+            f"vocabulary: {vocab} placeholder entries '0'..'{vocab - 1}'; put the real tokens"
+        )
+        return TokenInput(name=main.name, vocabulary=[str(i) for i in range(vocab)]), vocab
+    if len(main_dims) == 3 and isinstance(main_dims[2], int) and main_dims[2] > 0:
+        return FeatureInput(name=main.name, width=int(main_dims[2])), None
+    raise InspectionError(
+        f"{path.name}: input {main.name} is neither int64 [batch, time] "
+        f"nor float32 [batch, time, width]: {main_dims}"
+    )
+
+
+def _output_spec(path: Path, name: str, shape: list[int]) -> OutputSpec:
+    """A per-step output as the probe run shaped it; its meaning guessed from its name."""
+    if shape[:2] != [_PROBE_BATCH, _PROBE_TIME]:
+        raise InspectionError(
+            f"{path.name}: output {name} is not per-step [batch, time, ...]: "
+            f"{shape} for batch {_PROBE_BATCH}, time {_PROBE_TIME}"
+        )
+    trailing = [int(d) for d in shape[2:]]
+    lowered = name.lower()
+    meaning: Literal["logits", "value"]
+    if "logit" in lowered or "score" in lowered:
+        meaning = "logits"
+    elif trailing in ([], [1]) or any(w in lowered for w in ("value", "pred", "forecast")):
+        meaning = "value"
+    else:
+        meaning = "logits"
+    return OutputSpec(name=name, meaning=meaning, shape=trailing)
+
+
+def _architecture(
+    nodes: list[onnx.NodeProto], state: StateSpec, bidirectional: bool
+) -> Architecture:
+    """Layers from the state's first axis (layers x directions), hidden size from its last."""
+    hidden: int | None = state.shape[-1] or None
+    if hidden is None and nodes:
+        hidden = int(_attribute(nodes[0], "hidden_size", 0)) or None
+    directions = 2 if bidirectional else 1
+    first_axis = state.shape[0]
+    layers = first_axis // directions if first_axis > 0 else max(1, len(nodes))
+    return Architecture(layers=max(1, layers), hidden_size=hidden or 1)
 
 
 def propose_manifest_json(path: Path, name: str | None = None) -> str:
