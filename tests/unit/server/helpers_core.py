@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from rnnserve.server.engine import InferenceEngine
 from rnnserve.server.domain import OutputOptions
+from rnnserve.server.engine import InferenceEngine
 
 ME = "alice"
 

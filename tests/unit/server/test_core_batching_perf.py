@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiny_models as tm
+from rnnserve.server.domain import OutputFormat, OutputOptions, OutputSteps
 from rnnserve.server.engine import InferenceEngine
 from rnnserve.server.runtime import OnnxModel
 from rnnserve.server.settings import Settings
-from rnnserve.server.domain import OutputFormat, OutputOptions, OutputSteps
 
 pytestmark = pytest.mark.slow
 

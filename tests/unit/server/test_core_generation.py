@@ -11,9 +11,6 @@ import numpy as np
 import pytest
 import tiny_models as tm
 from helpers_core import ME, Gate, feed
-from rnnserve.server.engine import InferenceEngine
-from rnnserve.server.errors import InvalidInput, NotALanguageModel, SessionBusy, SessionNotFound
-from rnnserve.server.generation import Sampler, StopMatcher
 from rnnserve.server.domain import (
     FinishReason,
     GeneratedToken,
@@ -21,6 +18,9 @@ from rnnserve.server.domain import (
     OutputOptions,
     SamplingParams,
 )
+from rnnserve.server.engine import InferenceEngine
+from rnnserve.server.errors import InvalidInput, NotALanguageModel, SessionBusy, SessionNotFound
+from rnnserve.server.generation import Sampler, StopMatcher
 
 PROMPT = "hello. "
 
@@ -198,7 +198,9 @@ async def test_closing_the_session_ends_its_generation(engine: InferenceEngine) 
     with pytest.raises(SessionNotFound) as caught:
         await anext(stream)
     assert caught.value.reason == "closed"
-    assert engine.registry.served((tm.RNN_LM, 1)).store.used == 0  # the slot was freed when it ended
+    assert (
+        engine.registry.served((tm.RNN_LM, 1)).store.used == 0
+    )  # the slot was freed when it ended
 
 
 async def test_generation_without_a_prompt_continues_from_the_last_step(

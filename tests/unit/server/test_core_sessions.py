@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tiny_models as tm
 from helpers_core import ME, Gate, feed, tokens, twin_session
+from rnnserve.server.domain import OutputOptions
 from rnnserve.server.engine import InferenceEngine
 from rnnserve.server.errors import (
     CapacityExceeded,
@@ -23,7 +24,6 @@ from rnnserve.server.errors import (
 from rnnserve.server.manifest import StateSpec
 from rnnserve.server.sessions import SessionManager
 from rnnserve.server.state_store import StateStore
-from rnnserve.server.domain import OutputOptions
 
 PREFIX = tokens(30, 4)
 NEXT = tokens(31, 1)

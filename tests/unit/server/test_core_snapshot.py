@@ -11,9 +11,9 @@ import pytest
 import tiny_models as tm
 from helpers_core import ME, feed, tokens, twin_session
 from rnnserve.server import snapshot
+from rnnserve.server.domain import OutputOptions
 from rnnserve.server.engine import InferenceEngine
 from rnnserve.server.errors import InvalidSnapshot, SessionNotFound, SessionPermissionDenied
-from rnnserve.server.domain import OutputOptions
 
 PREFIX = tokens(40, 7)
 REST = tokens(41, 6)

@@ -10,8 +10,8 @@ import pytest
 import tiny_models as tm
 from helpers_core import ME, feed, frames, tokens
 from prometheus_client import REGISTRY
-from rnnserve.server.engine import InferenceEngine
 from rnnserve.server.domain import OutputFormat, OutputOptions, OutputSteps
+from rnnserve.server.engine import InferenceEngine
 
 TOL = 1e-5
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tiny_models as tm
 from helpers_core import ME, feed, frames, tokens, twin_session
+from rnnserve.server.domain import OutputFormat, OutputOptions
 from rnnserve.server.engine import InferenceEngine
 from rnnserve.server.errors import InvalidInput, ModelNotFound, ModelNotStreamable
-from rnnserve.server.domain import OutputFormat, OutputOptions
 
 PREFIX = tokens(20, 5)
 NEXT = tokens(21, 1)

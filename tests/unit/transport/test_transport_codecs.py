@@ -6,9 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from rnnserve.server.errors import InvalidInput
-from rnnserve.server.manifest import ModelManifest
-from rnnserve.server.transport import codecs
 from rnnserve.server.domain import (
     FinishReason,
     GeneratedToken,
@@ -18,6 +15,9 @@ from rnnserve.server.domain import (
     SessionView,
     StepOutcome,
 )
+from rnnserve.server.errors import InvalidInput
+from rnnserve.server.manifest import ModelManifest
+from rnnserve.server.transport import codecs
 from rnnserve.v1 import rnnserve_pb2 as pb
 
 
