@@ -26,15 +26,15 @@ class SlotState:
     step_count: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Commit:
     """What one commit of a batch overwrote, so that any of its rows can be rolled back."""
 
     slots: SlotArray
-    states: list[FloatArray]  # the rows' states before, batch axis in the model's place
+    states: Sequence[FloatArray]  # the rows' states before, batch axis in the model's place
     last_outputs: FloatArray | None  # [rows, width] before (language models)
     had_last: npt.NDArray[np.bool_] | None
-    steps: npt.NDArray[np.int64]  # steps each row advanced
+    steps: int | npt.NDArray[np.int64]  # steps every row advanced, or each row's
 
 
 class StateStore:
@@ -154,7 +154,7 @@ class StateStore:
         before: Sequence[FloatArray],
         states: Sequence[FloatArray],
         outputs: Sequence[FloatArray],
-        steps: npt.NDArray[np.int64] | int,
+        steps: int | npt.NDArray[np.int64],
     ) -> Commit:
         """Write finished steps of `slots`: new states, last outputs, step counts, as one event.
 
@@ -170,9 +170,8 @@ class StateStore:
             self._has_last[slots] = True
         for spec, array, value in zip(self.specs, self._arrays, states, strict=True):
             array[_key(spec, slots)] = value
-        advanced = np.broadcast_to(np.asarray(steps, dtype=np.int64), slots.shape)
-        self._steps[slots] += advanced
-        return Commit(slots, list(before), last, had, advanced)
+        self._steps[slots] += steps
+        return Commit(slots, before, last, had, steps)
 
     def roll_back(self, commit: Commit, row: int) -> None:
         """Undo row `row` of `commit`: its slot holds again what it held before."""
@@ -182,7 +181,8 @@ class StateStore:
         if commit.last_outputs is not None and commit.had_last is not None:
             self._last[slot] = commit.last_outputs[row]
             self._has_last[slot] = commit.had_last[row]
-        self._steps[slot] -= commit.steps[row]
+        steps = commit.steps
+        self._steps[slot] -= steps if isinstance(steps, int) else int(steps[row])
 
     def read(self, slot: int) -> SlotState:
         """One slot's whole state (copies)."""

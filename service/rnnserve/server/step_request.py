@@ -138,12 +138,13 @@ def commit_rows(
     specs = store.specs
     requests = [order[i] for i in rows]
     slots = np.fromiter((r.slot for r in requests), dtype=np.intp, count=len(requests))
-    steps = np.fromiter((r.steps for r in requests), dtype=np.int64, count=len(requests))
     segmented = any(r.before is not None for r in requests)
     if len(rows) == len(order) and not segmented:
-        # the common case: every row of the call commits, and its input rows are the before
-        commit = store.commit(slots, states, new_states, outputs, steps)
+        # the common case: every row of the call commits, its input rows are the before, and
+        # every message was this one call long
+        commit = store.commit(slots, states, new_states, outputs, requests[0].steps)
     else:
+        steps = np.fromiter((r.steps for r in requests), dtype=np.int64, count=len(requests))
         keep = np.asarray(rows, dtype=np.intp)
         before = [
             np.concatenate(
