@@ -23,6 +23,7 @@ from rnnserve.server.domain import (
     GenerationRequest,
     InputData,
     ModelDescription,
+    ModelStatistics,
     OutputOptions,
     OutputResult,
     SessionView,
@@ -94,6 +95,14 @@ class NoOpEngine(InferenceCore):
     async def create_session(self, name: str, version: int, identity: str) -> SessionView:
         return self._view(f"s{next(self._ids)}")
 
+    def model_statistics(self, name: str, version: int = 0) -> list[ModelStatistics]:
+        return [ModelStatistics("char-lstm", 1)]
+
+    async def open_sequence(
+        self, name: str, version: int, identity: str, sequence: str, *, start: bool
+    ) -> SessionView:
+        return self._view(f"q{sequence}")
+
     async def get_session(self, session_id: str, identity: str) -> SessionView:
         return self._view(session_id)
 
@@ -123,7 +132,13 @@ class NoOpEngine(InferenceCore):
         return self._outcome(len(data))
 
     async def predict(
-        self, name: str, version: int, sequences: list[InputData], options: OutputOptions
+        self,
+        name: str,
+        version: int,
+        sequences: list[InputData],
+        options: OutputOptions,
+        *,
+        input_field: str = "sequences",
     ) -> list[StepOutcome]:
         return [self._outcome(len(data)) for data in sequences]
 

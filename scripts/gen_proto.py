@@ -1,4 +1,4 @@
-"""Regenerate (or, with --check, verify) the Python code generated from protos/rnnserve/v1."""
+"""Regenerate (or, with --check, verify) the Python code generated from protos/rnnserve/*."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
-PACKAGE = "rnnserve/v1"
+# rnnserve.v1 (the native API) and rnnserve.kserve.v2 (the Open Inference Protocol front door)
+PACKAGES = ("rnnserve/v1", "rnnserve/kserve/v2")
 
 
 def generate(out: Path) -> list[Path]:
@@ -20,7 +21,7 @@ def generate(out: Path) -> list[Path]:
     import grpc_tools
 
     include = Path(grpc_tools.__file__).parent / "_proto"
-    protos = sorted((PROTO_ROOT / PACKAGE).glob("*.proto"))
+    protos = sorted(p for package in PACKAGES for p in (PROTO_ROOT / package).glob("*.proto"))
     plugins = Path(sys.executable).parent  # protoc-gen-mypy lives beside this interpreter
     args = [
         "protoc",
@@ -36,7 +37,9 @@ def generate(out: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         sys.exit("protoc failed")
-    return sorted(p for p in (out / PACKAGE).iterdir() if p.suffix in {".py", ".pyi"})
+    return sorted(
+        p for package in PACKAGES for p in (out / package).iterdir() if p.suffix in {".py", ".pyi"}
+    )
 
 
 def main() -> None:
@@ -47,7 +50,7 @@ def main() -> None:
         generated = generate(Path(tmp))
         drifted = []
         for path in generated:
-            target = PROTO_ROOT / PACKAGE / path.name
+            target = PROTO_ROOT / path.relative_to(tmp)
             if args.check:
                 if not target.exists() or not filecmp.cmp(path, target, shallow=False):
                     drifted.append(target.relative_to(ROOT))

@@ -13,15 +13,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
+from rnnserve.kserve.v2 import grpc_service_pb2 as kserve_pb2
+from rnnserve.kserve.v2 import grpc_service_pb2_grpc
 from rnnserve.server.engine import InferenceEngine
 from rnnserve.server.logs import configure_logging
 from rnnserve.server.settings import Settings
+from rnnserve.server.transport.kserve.servicer import KServeServicer
 from rnnserve.server.transport.servicer import InferenceServicer
 from rnnserve.v1 import rnnserve_pb2, rnnserve_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 INFERENCE_SERVICE = rnnserve_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+KSERVE_SERVICE = kserve_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # After the engine has drained and snapshotted, calls still open (idle streams) get this long to
 # send what they already have before they are cancelled.
@@ -87,7 +91,7 @@ class RnnServeServer:
         await self.grpc_server.wait_for_termination()
 
     async def _set_health(self, status: int) -> None:
-        for service in ("", INFERENCE_SERVICE):
+        for service in ("", INFERENCE_SERVICE, KSERVE_SERVICE):
             await self.health.set(service, status)
 
     def _start_metrics(self) -> None:
@@ -122,10 +126,13 @@ def build_server(settings: Settings) -> tuple[RnnServeServer, int]:
     if port == 0:
         raise OSError(f"cannot bind {_address(settings.host, settings.port)}")
     server = RnnServeServer(settings, engine, grpc_server, port)
+    # Two front doors on one port, over the same core: steps from both share one batch.
     rnnserve_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(engine), grpc_server)
+    kserve = KServeServicer(engine, sequence_idle_s=settings.session_ttl_s)
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(server.health, grpc_server)
     reflection.enable_server_reflection(
-        (INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), grpc_server
+        (INFERENCE_SERVICE, KSERVE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), grpc_server
     )
     return server, port
 

@@ -10,6 +10,7 @@ from rnnserve.server.domain import (
     GenerationRequest,
     InputData,
     ModelDescription,
+    ModelStatistics,
     OutputOptions,
     SessionView,
     StepOutcome,
@@ -38,8 +39,18 @@ class InferenceCore(Protocol):
         """One model version (0 = latest)."""
         ...
 
+    def model_statistics(self, name: str, version: int = 0) -> list[ModelStatistics]:
+        """Cumulative work of one model version, every version (0) or every model (name "")."""
+        ...
+
     async def create_session(self, name: str, version: int, identity: str) -> SessionView:
         """A new session on a streamable model."""
+        ...
+
+    async def open_sequence(
+        self, name: str, version: int, identity: str, sequence: str, *, start: bool
+    ) -> SessionView:
+        """The session of a client-named sequence; `start` opens (or restarts) it."""
         ...
 
     async def get_session(self, session_id: str, identity: str) -> SessionView:
@@ -77,7 +88,13 @@ class InferenceCore(Protocol):
         ...
 
     async def predict(
-        self, name: str, version: int, sequences: list[InputData], options: OutputOptions
+        self,
+        name: str,
+        version: int,
+        sequences: list[InputData],
+        options: OutputOptions,
+        *,
+        input_field: str = "sequences",
     ) -> list[StepOutcome]:
         """Whole sequences from the initial state, no session."""
         ...

@@ -84,6 +84,19 @@ class ModelDescription:
     max_steps_per_message: int
 
 
+@dataclass
+class ModelStatistics:
+    """The work one model version did since the server started, for every front door."""
+
+    name: str
+    version: int
+    inferences: int = 0  # sequences run: a message, or one segment of a long message
+    executions: int = 0  # onnxruntime calls (each runs a batch of sequences)
+    queue_s: float = 0.0  # time the sequences waited for their call, summed over sequences
+    compute_s: float = 0.0  # time in the model, summed over sequences (a call counts for each)
+    last_inference: float = 0.0  # wall clock (time.time) of the last call, 0 before any
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 1.0  # 0 = greedy

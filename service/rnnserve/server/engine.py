@@ -13,6 +13,7 @@ from rnnserve.server.domain import (
     GenerationRequest,
     InputData,
     ModelDescription,
+    ModelStatistics,
     OutputOptions,
     SessionView,
     StepOutcome,
@@ -123,6 +124,15 @@ class InferenceEngine(InferenceCore):
         """One model version (0 = latest); ModelNotFound if it is not served."""
         return self.registry.describe(name, version)
 
+    def model_statistics(self, name: str, version: int = 0) -> list[ModelStatistics]:
+        """The work of one model version, of every version (version 0) or every model (name "")."""
+        if not name:
+            return [served.scheduler.statistics for served in self.registry]
+        if version:
+            return [self.registry.resolve(name, version).scheduler.statistics]
+        self.registry.resolve(name, 0)  # ModelNotFound for a model that is not served
+        return [s.scheduler.statistics for s in self.registry if s.manifest.name == name]
+
     # Sessions.
 
     async def create_session(self, name: str, version: int, identity: str) -> SessionView:
@@ -133,6 +143,30 @@ class InferenceEngine(InferenceCore):
             session = self.sessions.create(name, served.model.version, identity)
             log.info(
                 "session %s created on %s for %s", session.session_id, served.model.key, identity
+            )
+            return self.sessions.view(session)
+
+    async def open_sequence(
+        self, name: str, version: int, identity: str, sequence: str, *, start: bool
+    ) -> SessionView:
+        """The session of a client-named sequence (a KServe / Triton correlation id).
+
+        Sequences are scoped to `identity` and the model. `start` opens a new session for the
+        sequence (closing an unfinished one of the same id: the sequence restarts); without it the
+        sequence's live session is returned, or SequenceNotStarted says why there is none.
+        """
+        with self._work():
+            served = self.registry.resolve(name, version)
+            served.require_streamable()
+            if not start:
+                return self.sessions.view(self.sessions.find_sequence(identity, name, sequence))
+            session = self.sessions.create(name, served.model.version, identity, sequence=sequence)
+            log.info(
+                "session %s opened for sequence %s on %s for %s",
+                session.session_id,
+                sequence,
+                served.model.key,
+                identity,
             )
             return self.sessions.view(session)
 
@@ -208,23 +242,29 @@ class InferenceEngine(InferenceCore):
                 self.sessions.release(session)
 
     async def predict(
-        self, name: str, version: int, sequences: list[InputData], options: OutputOptions
+        self,
+        name: str,
+        version: int,
+        sequences: list[InputData],
+        options: OutputOptions,
+        *,
+        input_field: str = "sequences",
     ) -> list[StepOutcome]:
         """Whole sequences, each from the initial state, no session (any model, bidirectional too).
 
-        InvalidInput fields are full paths "sequences[i].<field>".
+        InvalidInput fields are full paths: "<input_field>[i].<field>".
         """
         with self._work():
             served = self.registry.resolve(name, version)
             check_options(options)
             if not sequences:
-                raise InvalidInput("at least one sequence is required", field="sequences")
+                raise InvalidInput("at least one sequence is required", field=input_field)
             inputs = []
             for index, data in enumerate(sequences):
                 try:
                     inputs.append(served.validate(data))
                 except InvalidInput as err:
-                    raise err.with_field_prefix(f"sequences[{index}]") from None
+                    raise err.with_field_prefix(f"{input_field}[{index}]") from None
             tasks = [asyncio.ensure_future(served.run(x, None)) for x in inputs]
             try:
                 raws = await asyncio.gather(*tasks)

@@ -25,6 +25,24 @@ class InvalidInput(RnnServeError):
     """The request is malformed: bad dtype, shape, width, token id, NaN, empty, too long."""
 
 
+class SequenceNotStarted(InvalidInput):
+    """A request continues a client-named sequence that has no live session (Triton's rule)."""
+
+    def __init__(self, sequence: str, model: str, reason: str = "unknown") -> None:
+        why = {
+            "unknown": "",
+            "expired": " (it expired after being idle longer than its TTL)",
+            "closed": " (it was ended)",
+            "evicted": " (it was evicted)",
+        }.get(reason, f" ({reason})")
+        super().__init__(
+            f"inference request for sequence {sequence} to model {model!r} must specify the "
+            f"START flag on the first request of the sequence{why}",
+            field="parameters.sequence_start",
+        )
+        self.reason = reason
+
+
 class ModelNotFound(RnnServeError):
     """No model (or no such version of it) is served."""
 

@@ -37,7 +37,7 @@ class SessionPersistence:
         record = None
         if with_identity:
             record = snapshot.SessionIdentity(
-                session.session_id, session.identity, session.created_at
+                session.session_id, session.identity, session.created_at, session.sequence
             )
         return snapshot.encode(
             snapshot.Snapshot(
@@ -70,6 +70,7 @@ class SessionPersistence:
             identity,
             session_id=record.session_id if saved and record else None,
             created_at=record.created_at if saved and record else None,
+            sequence=record.sequence if saved and record else None,
         )
         served.store.write(
             session.slot, SlotState(decoded.states, decoded.last_output, decoded.step_count)

@@ -11,7 +11,7 @@ from collections import deque
 import numpy as np
 import numpy.typing as npt
 from rnnserve.server import metrics
-from rnnserve.server.domain import FloatArray
+from rnnserve.server.domain import FloatArray, ModelStatistics
 from rnnserve.server.errors import DeadlineExceeded, Overloaded, ShuttingDown
 from rnnserve.server.runtime import OnnxModel
 from rnnserve.server.state_store import StateStore
@@ -81,6 +81,7 @@ class BatchScheduler:
         self._call_seconds = 0.001  # moving average of one call, for the Overloaded retry hint
         self._call_batch = 1.0  # moving average of sequences per call, to tell light load
         self._label = model.manifest.name
+        self.statistics = ModelStatistics(model.manifest.name, model.version)
         # labelled metric children, looked up once (labels() costs a lock and a dict lookup)
         self._queue_time = metrics.QUEUE_TIME.labels(self._label)
         self._compute_time = metrics.COMPUTE_TIME.labels(self._label)
@@ -217,6 +218,7 @@ class BatchScheduler:
                 continue
             request.status = RequestStatus.RUNNING
             self._queue_time.observe(now - request.enqueued_at)
+            self.statistics.queue_s += now - request.enqueued_at
             batch.append(request)
         return batch
 
@@ -265,11 +267,19 @@ class BatchScheduler:
                 self._compute_time.observe(seconds)
                 self._batch_size.observe(len(call.order))
                 self._steps.inc(len(call.order) * call.steps)
+                self._count(len(call.order), seconds)
                 outputs, new_states = result
                 self._deliver(call.order, call.steps, call.states, outputs, new_states)
         except Exception as err:
             log.exception("delivering results failed for %s", self.model.key)
             self._fail(call.order, err)
+
+    def _count(self, sequences: int, seconds: float) -> None:
+        statistics = self.statistics
+        statistics.inferences += sequences
+        statistics.executions += 1
+        statistics.compute_s += seconds * sequences
+        statistics.last_inference = time.time()
 
     def _fail_taken(self, error: BaseException) -> None:
         """Fail every request taken from the queue: the waiting groups and the running call."""

@@ -15,6 +15,7 @@ from rnnserve.server import metrics
 from rnnserve.server.domain import SessionView
 from rnnserve.server.errors import (
     CapacityExceeded,
+    SequenceNotStarted,
     SessionBusy,
     SessionNotFound,
     SessionPermissionDenied,
@@ -24,6 +25,8 @@ from rnnserve.server.state_store import StateStore
 log = logging.getLogger(__name__)
 
 ModelKey = tuple[str, int]
+# (identity, model name, the client's sequence id): sequences are scoped to their caller and model.
+SequenceKey = tuple[str, str, str]
 
 # Why a session is gone, remembered for this many recent ids (bounded memory).
 TOMBSTONES = 65_536
@@ -47,6 +50,9 @@ class Session:
     last_used: float  # monotonic, for the TTL
     busy: bool = False
     closed: bool = False
+    # The client's own name for the session's sequence (a KServe / Triton correlation id), unique
+    # per identity and model; None for sessions opened by their server-made id.
+    sequence: str | None = None
 
     @property
     def key(self) -> ModelKey:
@@ -84,6 +90,7 @@ class SessionManager:
         self._wall = wall_clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._tombstones: OrderedDict[str, str] = OrderedDict()
+        self._sequences: dict[SequenceKey, Session] = {}
         self._reaper: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -101,8 +108,13 @@ class SessionManager:
         *,
         session_id: str | None = None,
         created_at: float | None = None,
+        sequence: str | None = None,
     ) -> Session:
-        """A new session with the initial state (ids are 192-bit random, URL-safe)."""
+        """A new session with the initial state (ids are 192-bit random, URL-safe).
+
+        With `sequence`, the session is also found by the client's sequence id (`find_sequence`);
+        an earlier live session of the same sequence is closed: a sequence restarts.
+        """
         if len(self._sessions) >= self.max_sessions:
             self.reap(reason="reclaimed", limit=1)
         if len(self._sessions) >= self.max_sessions:
@@ -124,9 +136,17 @@ class SessionManager:
             slot=store.allocate(),
             created_at=created_at if created_at is not None else self._wall(),
             last_used=self._clock(),
+            sequence=sequence,
         )
         self._sessions[session_id] = session
         self._tombstones.pop(session_id, None)
+        if sequence is not None:
+            key = (identity, model, sequence)
+            earlier = self._sequences.get(key)
+            if earlier is not None:
+                self._remove(earlier, "closed")
+            self._sequences[key] = session
+            self._tombstones.pop(_sequence_tombstone(key), None)
         metrics.ACTIVE_SESSIONS.labels(model).inc()
         metrics.STATE_BYTES.labels(model).inc(store.slot_bytes)
         return session
@@ -144,6 +164,18 @@ class SessionManager:
                 f"session {session_id!r} belongs to another client identity", field="session_id"
             )
         return session
+
+    def find_sequence(self, identity: str, model: str, sequence: str) -> Session:
+        """The live session of a client's sequence; SequenceNotStarted (saying why) if none."""
+        key = (identity, model, sequence)
+        session = self._sequences.get(key)
+        reason = self._tombstones.get(_sequence_tombstone(key), "unknown")
+        if session is not None:
+            try:
+                return self.get(session.session_id, identity)
+            except SessionNotFound as err:
+                reason = err.reason
+        raise SequenceNotStarted(sequence, model, reason)
 
     def acquire(
         self, session_id: str, identity: str, expected_step_count: int | None = None
@@ -195,16 +227,25 @@ class SessionManager:
         """Drop a session; `reason` is what its owner is told, `counted_as` the metric label."""
         del self._sessions[session.session_id]
         session.closed = True
+        if session.sequence is not None:
+            key = (session.identity, session.model, session.sequence)
+            if self._sequences.get(key) is session:
+                del self._sequences[key]
+                self._remember(_sequence_tombstone(key), reason)
         if not session.busy:
             session.store.release(session.slot)
-        self._tombstones[session.session_id] = reason
-        if len(self._tombstones) > TOMBSTONES:
-            self._tombstones.popitem(last=False)
+        self._remember(session.session_id, reason)
         metrics.ACTIVE_SESSIONS.labels(session.model).dec()
         metrics.STATE_BYTES.labels(session.model).dec(session.store.slot_bytes)
         if reason != "closed":
             metrics.EVICTIONS.labels(counted_as or reason).inc()
         log.info("session %s %s", session.session_id, reason)
+
+    def _remember(self, key: str, reason: str) -> None:
+        """Keep why a session (or a sequence) is gone, for the most recent TOMBSTONES of them."""
+        self._tombstones[key] = reason
+        if len(self._tombstones) > TOMBSTONES:
+            self._tombstones.popitem(last=False)
 
     def reap(self, *, reason: str = "expired", limit: int | None = None) -> int:
         """Remove idle-expired sessions (oldest first); returns how many."""
@@ -252,3 +293,8 @@ class SessionManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
+
+
+def _sequence_tombstone(key: SequenceKey) -> str:
+    """The tombstone key of a sequence (NUL cannot occur in a session id)."""
+    return "\0".join(key)

@@ -55,6 +55,7 @@ class SessionIdentity:
     session_id: str
     identity: str
     created_at: float
+    sequence: str | None = None  # the client's sequence id (KServe / Triton), if it has one
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ def encode(snapshot: Snapshot, secret: bytes | None = None) -> bytes:
             "identity": snapshot.session.identity,
             "created_at": snapshot.session.created_at,
         }
+        if snapshot.session.sequence is not None:
+            header["session"]["sequence"] = snapshot.session.sequence
     if snapshot.last_output is not None:
         header["last_output"] = {"shape": list(snapshot.last_output.shape), "dtype": "float32"}
     header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
@@ -225,6 +228,7 @@ def _read_states(header: dict[str, Any], payload: bytes) -> Snapshot:
                 session_id=str(raw_session["id"]),
                 identity=str(raw_session["identity"]),
                 created_at=float(raw_session["created_at"]),
+                sequence=_optional_text(raw_session.get("sequence")),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InvalidSnapshot("snapshot session record is malformed", field="snapshot") from err
@@ -238,6 +242,12 @@ def _read_states(header: dict[str, Any], payload: bytes) -> Snapshot:
         session=session,
         last_output=last_output,
     )
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidSnapshot("snapshot session record is malformed", field="snapshot")
+    return value
 
 
 def check_matches(

@@ -1,0 +1,331 @@
+"""Open Inference Protocol (KServe v2) <-> domain: tensors, sequence parameters, model metadata.
+
+Only what the protocol alone can tell is checked here (tensor names, datatypes, shapes, byte
+lengths, parameter types); what needs the model's state (vocabulary range, step limits, NaN) is
+the core's and comes back with a path under the input's name (`inputs[0].tokens.ids[3]`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from rnnserve.kserve.v2 import grpc_service_pb2 as kpb
+from rnnserve.kserve.v2 import model_config_pb2 as cpb
+from rnnserve.server.domain import (
+    InputData,
+    ModelDescription,
+    ModelStatistics,
+    OutputOptions,
+    OutputSteps,
+    StepOutcome,
+)
+from rnnserve.server.errors import InvalidInput
+from rnnserve.server.manifest import ModelManifest, TokenInput
+
+PLATFORM = "onnxruntime_onnx"
+BACKEND = "onnxruntime"
+# Request parameters with a meaning here; any other is ignored, as Triton ignores unknown ones.
+SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END = "sequence_id", "sequence_start", "sequence_end"
+OUTPUT_STEPS = "output_steps"
+SESSION_ID, STEP_COUNT = "rnnserve_session_id", "step_count"
+# wire datatype -> (little-endian wire dtype, the native dtype the core takes)
+_DTYPES: dict[str, tuple[np.dtype[np.generic], np.dtype[np.generic]]] = {
+    "INT64": (np.dtype("<i8"), np.dtype(np.int64)),
+    "FP32": (np.dtype("<f4"), np.dtype(np.float32)),
+}
+
+
+@dataclass(frozen=True)
+class InferCall:
+    """One ModelInferRequest as the core sees it."""
+
+    model: str
+    version: int
+    sequence: str | None  # the client's sequence id (None: a stateless request)
+    start: bool
+    end: bool
+    sequences: list[InputData]  # one per batch row: token ids [T] or features [T, width]
+    options: OutputOptions
+    outputs: list[str]  # the outputs asked for, manifest names (empty: every output)
+
+
+def decode_version(version: str, field: str = "model_version") -> int:
+    """ "" -> 0 (latest); "2" -> 2."""
+    if not version:
+        return 0
+    if not version.isdigit():
+        raise InvalidInput(f"model version must be a number, got {version!r}", field=field)
+    return int(version)
+
+
+def decode_call(request: kpb.ModelInferRequest, manifest: ModelManifest) -> InferCall:
+    """Validate a request against the model's tensors; the input as one array per batch row."""
+    sequence, start, end = _sequence_parameters(request)
+    if manifest.streamable and sequence is None:
+        raise InvalidInput(
+            f"inference request to model {manifest.name!r} must specify a non-zero or non-empty "
+            "correlation ID (parameter sequence_id): it is a sequence model",
+            field=f"parameters.{SEQUENCE_ID}",
+        )
+    if not request.inputs:
+        raise InvalidInput(
+            f"model {manifest.name!r} expects input {manifest.input.name!r}", field="inputs"
+        )
+    if len(request.inputs) > 1:
+        given = [tensor.name for tensor in request.inputs]
+        raise InvalidInput(
+            f"model {manifest.name!r} takes one input, {manifest.input.name!r}; got {given}",
+            field="inputs",
+        )
+    batch = _decode_tensor(request, 0, manifest)
+    if sequence is not None and len(batch) != 1:
+        raise InvalidInput(
+            f"a sequence request carries one sequence (batch 1), got batch {len(batch)}",
+            field="inputs[0].shape",
+        )
+    names = {spec.name for spec in manifest.outputs}
+    for index, wanted in enumerate(request.outputs):
+        if wanted.name not in names:
+            raise InvalidInput(
+                f"model {manifest.name!r} has no output {wanted.name!r} (outputs: {sorted(names)})",
+                field=f"outputs[{index}].name",
+            )
+    return InferCall(
+        model=request.model_name,
+        version=decode_version(request.model_version),
+        sequence=sequence,
+        start=start,
+        end=end,
+        sequences=batch,
+        options=OutputOptions(steps=_output_steps(request)),
+        outputs=[wanted.name for wanted in request.outputs],
+    )
+
+
+def _sequence_parameters(request: kpb.ModelInferRequest) -> tuple[str | None, bool, bool]:
+    """(sequence id as text, start, end); id 0 or "" is no sequence, as in Triton."""
+    params = request.parameters
+    sequence: str | None = None
+    if SEQUENCE_ID in params:
+        value = params[SEQUENCE_ID]
+        kind = value.WhichOneof("parameter_choice")
+        if kind == "int64_param":
+            sequence = str(value.int64_param) if value.int64_param else None
+        elif kind == "uint64_param":
+            sequence = str(value.uint64_param) if value.uint64_param else None
+        elif kind == "string_param":
+            sequence = value.string_param or None
+        else:
+            raise InvalidInput(
+                f"sequence_id must be an integer or a string, got {kind}",
+                field=f"parameters.{SEQUENCE_ID}",
+            )
+    flags = []
+    for name in (SEQUENCE_START, SEQUENCE_END):
+        flag = params.get(name)
+        if flag is not None and flag.WhichOneof("parameter_choice") not in (None, "bool_param"):
+            raise InvalidInput(f"{name} must be a bool", field=f"parameters.{name}")
+        flags.append(bool(flag is not None and flag.bool_param))
+    return sequence, flags[0], flags[1]
+
+
+def _output_steps(request: kpb.ModelInferRequest) -> OutputSteps:
+    value = request.parameters.get(OUTPUT_STEPS)
+    if value is None:
+        return OutputSteps.ALL
+    text = value.string_param if value.WhichOneof("parameter_choice") == "string_param" else None
+    if text not in ("all", "last"):
+        raise InvalidInput(
+            f'output_steps must be "all" or "last", got {value}'.strip(),
+            field=f"parameters.{OUTPUT_STEPS}",
+        )
+    return OutputSteps(text)
+
+
+def _decode_tensor(
+    request: kpb.ModelInferRequest, index: int, manifest: ModelManifest
+) -> list[InputData]:
+    """Input `index` as one array per batch row."""
+    tensor = request.inputs[index]
+    field = f"inputs[{index}]"
+    spec = manifest.input
+    if tensor.name != spec.name:
+        raise InvalidInput(
+            f"unexpected inference input {tensor.name!r} for model {manifest.name!r}; it "
+            f"expects {spec.name!r}",
+            field=f"{field}.name",
+        )
+    want = "INT64" if isinstance(spec, TokenInput) else "FP32"
+    if tensor.datatype != want:
+        raise InvalidInput(
+            f"inference input {tensor.name!r} data-type is {tensor.datatype!r}, but model "
+            f"{manifest.name!r} expects {want!r}",
+            field=f"{field}.datatype",
+        )
+    shape = list(tensor.shape)
+    rank = 2 if isinstance(spec, TokenInput) else 3
+    if (
+        len(shape) != rank
+        or any(d < 1 for d in shape)
+        or (not isinstance(spec, TokenInput) and shape[2] != spec.width)
+    ):
+        expected = "[batch, steps]" if rank == 2 else f"[batch, steps, {getattr(spec, 'width', 0)}]"
+        raise InvalidInput(
+            f"inference input {tensor.name!r} has shape {shape}; model {manifest.name!r} "
+            f"expects {expected}",
+            field=f"{field}.shape",
+        )
+    array = _tensor_data(request, index, want, shape, field)
+    return list(array)
+
+
+def _tensor_data(
+    request: kpb.ModelInferRequest, index: int, datatype: str, shape: list[int], field: str
+) -> npt.NDArray[np.generic]:
+    dtype, native = _DTYPES[datatype]
+    count = math.prod(shape)
+    if request.raw_input_contents:
+        if len(request.raw_input_contents) != len(request.inputs):
+            raise InvalidInput(
+                f"raw_input_contents has {len(request.raw_input_contents)} entries for "
+                f"{len(request.inputs)} inputs",
+                field="raw_input_contents",
+            )
+        raw = request.raw_input_contents[index]
+        if len(raw) != count * dtype.itemsize:
+            raise InvalidInput(
+                f"expected {count * dtype.itemsize} bytes for {datatype} {shape}, got {len(raw)}",
+                field=f"raw_input_contents[{index}]",
+            )
+        array = np.frombuffer(raw, dtype=dtype)
+    else:
+        contents = request.inputs[index].contents
+        values = contents.int64_contents if datatype == "INT64" else contents.fp32_contents
+        if len(values) != count:
+            name = "int64_contents" if datatype == "INT64" else "fp32_contents"
+            raise InvalidInput(
+                f"expected {count} values for {datatype} {shape}, got {len(values)}",
+                field=f"{field}.contents.{name}",
+            )
+        array = np.array(list(values), dtype=dtype)
+    # astype: a writable, native-order copy the core may keep
+    result: npt.NDArray[np.generic] = array.reshape(shape).astype(native)
+    return result
+
+
+def encode_response(
+    request: kpb.ModelInferRequest,
+    description: ModelDescription,
+    call: InferCall,
+    outcomes: list[StepOutcome],
+    session: tuple[str, int] | None = None,
+) -> kpb.ModelInferResponse:
+    """Each output (those asked for, else all) as FP32 [batch, steps, ...] in raw contents."""
+    response = kpb.ModelInferResponse(
+        model_name=description.manifest.name,
+        model_version=str(description.version),
+        id=request.id,
+    )
+    if session is not None:
+        response.parameters[SESSION_ID].string_param = session[0]
+        response.parameters[STEP_COUNT].int64_param = session[1]
+    for index, spec in enumerate(description.manifest.outputs):
+        if call.outputs and spec.name not in call.outputs:
+            continue
+        rows = [outcome.outputs[index].tensor for outcome in outcomes]
+        data = np.stack([r for r in rows if r is not None]).astype("<f4", copy=False)
+        response.outputs.add(name=spec.name, datatype="FP32", shape=data.shape)
+        response.raw_output_contents.append(data.tobytes())
+    return response
+
+
+def _batch_dim(manifest: ModelManifest) -> int:
+    """A sequence request carries one sequence; a stateless one any number (-1)."""
+    return 1 if manifest.streamable else -1
+
+
+def _input_shape(manifest: ModelManifest) -> list[int]:
+    spec = manifest.input
+    steps = [_batch_dim(manifest), -1]
+    return steps if isinstance(spec, TokenInput) else [*steps, spec.width]
+
+
+def _output_shape(manifest: ModelManifest, index: int) -> list[int]:
+    return [_batch_dim(manifest), -1, *manifest.outputs[index].shape]
+
+
+def encode_metadata(description: ModelDescription) -> kpb.ModelMetadataResponse:
+    """Name, versions, platform and tensors of a model."""
+    manifest = description.manifest
+    datatype = "INT64" if isinstance(manifest.input, TokenInput) else "FP32"
+    return kpb.ModelMetadataResponse(
+        name=manifest.name,
+        versions=[str(v) for v in description.versions],
+        platform=PLATFORM,
+        inputs=[
+            kpb.ModelMetadataResponse.TensorMetadata(
+                name=manifest.input.name, datatype=datatype, shape=_input_shape(manifest)
+            )
+        ],
+        outputs=[
+            kpb.ModelMetadataResponse.TensorMetadata(
+                name=spec.name, datatype="FP32", shape=_output_shape(manifest, index)
+            )
+            for index, spec in enumerate(manifest.outputs)
+        ],
+    )
+
+
+def encode_config(description: ModelDescription, idle_s: float) -> cpb.ModelConfig:
+    """Triton's model configuration: a sequence model (sequence_batching) when streamable."""
+    manifest = description.manifest
+    token = isinstance(manifest.input, TokenInput)
+    config = cpb.ModelConfig(
+        name=manifest.name,
+        platform=PLATFORM,
+        backend=BACKEND,
+        max_batch_size=0,  # dims below are the full request shapes
+        input=[
+            cpb.ModelInput(
+                name=manifest.input.name,
+                data_type=cpb.TYPE_INT64 if token else cpb.TYPE_FP32,
+                dims=_input_shape(manifest),
+            )
+        ],
+        output=[
+            cpb.ModelOutput(
+                name=spec.name, data_type=cpb.TYPE_FP32, dims=_output_shape(manifest, index)
+            )
+            for index, spec in enumerate(manifest.outputs)
+        ],
+        instance_group=[cpb.ModelInstanceGroup(kind=cpb.ModelInstanceGroup.KIND_CPU, count=1)],
+        model_transaction_policy=cpb.ModelTransactionPolicy(decoupled=False),
+    )
+    config.parameters["task"].string_value = manifest.task
+    config.parameters["cell"].string_value = manifest.cell
+    if manifest.streamable:
+        config.sequence_batching.max_sequence_idle_microseconds = round(idle_s * 1e6)
+        config.sequence_batching.oldest.max_candidate_sequences = 0  # every live session
+    return config
+
+
+def encode_statistics(statistics: ModelStatistics) -> kpb.ModelStatistics:
+    """Counts and cumulative durations (ns) of one model version."""
+    queue_ns = round(statistics.queue_s * 1e9)
+    compute_ns = round(statistics.compute_s * 1e9)
+    count = statistics.inferences
+    return kpb.ModelStatistics(
+        name=statistics.name,
+        version=str(statistics.version),
+        last_inference=round(statistics.last_inference * 1000),
+        inference_count=count,
+        execution_count=statistics.executions,
+        inference_stats=kpb.InferStatistics(
+            success=kpb.StatisticDuration(count=count, ns=queue_ns + compute_ns),
+            queue=kpb.StatisticDuration(count=count, ns=queue_ns),
+            compute_infer=kpb.StatisticDuration(count=count, ns=compute_ns),
+        ),
+    )
