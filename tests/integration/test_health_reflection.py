@@ -126,6 +126,7 @@ async def test_reflection_lists_and_describes_the_services(rpc: Running) -> None
     replies = [r async for r in stub.ServerReflectionInfo(ask(list_services=""))]
     names = {s.name for s in replies[0].list_services_response.service}
     assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+    assert "inference.GRPCInferenceService" in names  # the second front door
     replies = [r async for r in stub.ServerReflectionInfo(ask(file_containing_symbol=SERVICE))]
     files = replies[0].file_descriptor_response.file_descriptor_proto
     assert any(b"rnnserve/v1/rnnserve.proto" in f for f in files)

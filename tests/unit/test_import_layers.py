@@ -16,7 +16,14 @@ ROOTS = {
     "rnnserve.server": Path(rnnserve.server.__path__[0]),
 }
 # What the transport-free core may never import (only transport/, app.py and cli.py may).
-TRANSPORT_ONLY = ("grpc", "grpc_health", "grpc_reflection", "google.rpc", "rnnserve.v1")
+TRANSPORT_ONLY = (
+    "grpc",
+    "grpc_health",
+    "grpc_reflection",
+    "google.rpc",
+    "rnnserve.v1",
+    "rnnserve.kserve",
+)
 WIRING = {"rnnserve.server.app", "rnnserve.server.cli"}
 
 
