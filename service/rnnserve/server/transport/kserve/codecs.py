@@ -313,7 +313,10 @@ def encode_config(description: ModelDescription, idle_s: float) -> cpb.ModelConf
 
 
 def encode_statistics(statistics: ModelStatistics) -> kpb.ModelStatistics:
-    """Counts and cumulative durations (ns) of one model version."""
+    """Counts and cumulative durations (ns) of one model version.
+
+    success = time in the queue plus time in the model, per inference (sequence run), summed.
+    """
     queue_ns = round(statistics.queue_s * 1e9)
     compute_ns = round(statistics.compute_s * 1e9)
     count = statistics.inferences
@@ -326,6 +329,10 @@ def encode_statistics(statistics: ModelStatistics) -> kpb.ModelStatistics:
         inference_stats=kpb.InferStatistics(
             success=kpb.StatisticDuration(count=count, ns=queue_ns + compute_ns),
             queue=kpb.StatisticDuration(count=count, ns=queue_ns),
+            # Input and output handling are not timed apart from the model call (their time is
+            # in neither figure); the counts match, as clients such as perf_analyzer require.
+            compute_input=kpb.StatisticDuration(count=count),
             compute_infer=kpb.StatisticDuration(count=count, ns=compute_ns),
+            compute_output=kpb.StatisticDuration(count=count),
         ),
     )
