@@ -52,3 +52,20 @@ async def test_tagger_tags_each_word(serve: Callable[..., Awaitable[Running]]) -
     tags = list(reply.results[0].outputs[0].labels)
     assert len(tags) == 10
     assert tags[0] == "at" and tags[1] == "nn" and tags[-1] == "."  # Brown: article, noun, stop
+
+
+async def test_tagger_reads_ordinary_text_as_brown_tokens(
+    serve: Callable[..., Awaitable[Running]],
+) -> None:
+    # brown-v1 (the manifest's tokenizer) splits text into the tokens the tagger trained on:
+    # Mr. keeps its period, the quotes become `` and '', the final period is its own token
+    rpc = await serve(REPOSITORY, models=["pos-bilstm"])
+    reply = await rpc.stub.Predict(
+        pb.PredictRequest(
+            model=pb.ModelRef(name="pos-bilstm"),
+            sequences=[pb.StepInput(text='Mr. Smith said, "It\'s here."')],
+            output=pb.OutputOptions(format=pb.OUTPUT_FORMAT_NONE),
+        )
+    )
+    tags = list(reply.results[0].outputs[0].labels)
+    assert tags == ["np", "np", "vbd", ",", "``", "pps+bez", "rb", ".", "''"]

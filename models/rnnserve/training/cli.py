@@ -43,6 +43,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from rnnserve.training.config import load_config
+    from rnnserve.training.publish import evaluate_published
+
+    config = load_config(args.config)
+    metrics = evaluate_published(config, Path(args.repository), write=args.write)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
 def _cmd_build_repository(args: argparse.Namespace) -> int:
     from rnnserve.training.config import load_config, shipped_configs
     from rnnserve.training.publish import publish_run
@@ -105,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", default="models/repository")
     export.add_argument("--version", type=int, default=1)
     export.set_defaults(func=_cmd_export)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="evaluate a shipped model as the server runs it (raw text through its text path)",
+    )
+    evaluate.add_argument("config")
+    evaluate.add_argument("--repository", default="models/repository")
+    evaluate.add_argument(
+        "--write", action="store_true", help="write the metrics (and tokenizer) to the manifest"
+    )
+    evaluate.set_defaults(func=_cmd_evaluate)
 
     build = sub.add_parser("build-repository", help="train and export every shipped model")
     build.add_argument("--output", default="models/repository")

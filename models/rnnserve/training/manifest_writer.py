@@ -55,6 +55,8 @@ def build_manifest(
     opset: int,
     parity: dict[str, float],
     data: dict[str, Any] | None,
+    tokenizer: str | None = None,
+    created: str | None = None,
 ) -> ModelManifest:
     """Assemble a manifest; pydantic validates it on construction (raises ValidationError)."""
     model_input: TokenInput | FeatureInput
@@ -64,6 +66,7 @@ def build_manifest(
             name=INPUT_NAMES["tokens"],
             vocabulary=vocabulary,
             unknown_token=unknown_token,
+            tokenizer=tokenizer,
             token_pattern=token_pattern,
             lowercase=lowercase,
         )
@@ -100,7 +103,7 @@ def build_manifest(
                 sha256=sha256,
                 metrics=metrics,
                 export=ExportInfo(exporter=EXPORTER, opset=opset, parity=parity),
-                created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                created=created or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 notes=notes,
             )
         ],

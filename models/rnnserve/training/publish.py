@@ -10,6 +10,8 @@ import torch
 from rnnserve.server.manifest import (
     MANIFEST_FILENAME,
     ONNX_FILENAME,
+    ModelManifest,
+    TokenInput,
     dump_manifest,
     file_sha256,
     load_manifest,
@@ -18,7 +20,7 @@ from rnnserve.training.config import RunConfig
 from rnnserve.training.export import ExportWrapper, check_parity, export_onnx
 from rnnserve.training.manifest_writer import build_manifest
 from rnnserve.training.model import NetworkSpec, RecurrentNet
-from rnnserve.training.recipe import build_recipe
+from rnnserve.training.recipe import Recipe, build_recipe
 from rnnserve.training.runs import RESULT_FILE, WEIGHTS_FILE, runs_dir
 
 
@@ -66,6 +68,7 @@ def publish_run(
         parameters=record["parameters"],
         vocabulary=recipe.vocabulary,
         unknown_token=recipe.unknown_token,
+        tokenizer=recipe.tokenizer,
         token_pattern=recipe.token_pattern,
         lowercase=recipe.lowercase,
         feature_names=recipe.feature_names,
@@ -79,7 +82,63 @@ def publish_run(
         parity=parity,
         data=recipe.data,
     )
+    if recipe.evaluate_served is not None:
+        manifest, _ = with_served_metrics(manifest, recipe, model_dir, config.name)
     manifest_path = model_dir / MANIFEST_FILENAME
     dump_manifest(manifest, manifest_path)
     load_manifest(manifest_path)  # what the server will read must validate
     return manifest_path
+
+
+SERVED_NOTE = (
+    "{metrics}: the ONNX file run by onnxruntime as the server runs it, *_text_* with raw text "
+    "sent through the server's text path (rnnserve.server.inputs); rnnserve-train evaluate {name}"
+)
+
+
+def with_served_metrics(
+    manifest: ModelManifest, recipe: Recipe, folder: Path, name: str
+) -> tuple[ModelManifest, dict[str, float]]:
+    """The recipe's served metrics of the model in `folder`, and the manifest with them merged
+    into its latest version's metrics."""
+    assert recipe.evaluate_served is not None
+    metrics = {k: round(float(v), 6) for k, v in recipe.evaluate_served(folder, manifest).items()}
+    latest = manifest.version_info(manifest.latest_version)
+    updated = latest.model_copy(
+        update={
+            "metrics": {**latest.metrics, **metrics},
+            "notes": {
+                **latest.notes,
+                "served_evaluation": SERVED_NOTE.format(metrics=", ".join(metrics), name=name),
+            },
+        }
+    )
+    versions = [updated if v.version == latest.version else v for v in manifest.versions]
+    merged = ModelManifest.model_validate(
+        {**manifest.model_dump(), "versions": [v.model_dump() for v in versions]}
+    )
+    return merged, metrics
+
+
+def evaluate_published(
+    config: RunConfig, repository: Path, write: bool = False
+) -> dict[str, float]:
+    """Evaluate a shipped model as the server runs it (no training, no torch model needed).
+
+    The manifest's input first takes the recipe's tokenizer (the one its training tokens were
+    made with). With `write`, both go into `repository/<name>/model.json`.
+    """
+    recipe = build_recipe(config)
+    if recipe.evaluate_served is None:
+        raise ValueError(f"{config.name}: its recipe has no served evaluation")
+    folder = repository / config.name
+    path = folder / MANIFEST_FILENAME
+    manifest = load_manifest(path)
+    if isinstance(manifest.input, TokenInput) and recipe.tokenizer is not None:
+        spec = {**manifest.input.model_dump(), "tokenizer": recipe.tokenizer}
+        manifest = ModelManifest.model_validate({**manifest.model_dump(), "input": spec})
+    updated, metrics = with_served_metrics(manifest, recipe, folder, config.name)
+    if write:
+        dump_manifest(updated, path)
+        load_manifest(path)
+    return metrics

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from rnnserve.server.manifest import ModelManifest
 from rnnserve.training.config import RunConfig
 from rnnserve.training.model import NetworkSpec, RecurrentNet
 from rnnserve.training.trainer import Task
@@ -21,7 +23,10 @@ class Recipe:
     input_kind: str  # "tokens" | "features"
     vocabulary: list[str] | None = None
     unknown_token: int | None = None
-    token_pattern: str | None = None  # word models: how text becomes tokens
+    # word models: the named tokenizer (rnnserve.server.tokenizer) that made the training tokens;
+    # token_pattern / lowercase are the hint older readers of the manifest understand
+    tokenizer: str | None = None
+    token_pattern: str | None = None
     lowercase: bool = False
     feature_names: list[str] | None = None
     output_meaning: str = "logits"  # "logits" | "value"
@@ -34,6 +39,9 @@ class Recipe:
     data: dict[str, Any] = field(default_factory=dict)  # DataSource fields
     # after training: held-out metrics, notes and baselines computed from the trained model
     finish: Callable[[nn.Module], tuple[dict[str, float], dict[str, str]]] | None = None
+    # after export: held-out metrics of the exported model as the server runs it (its text path
+    # and onnxruntime), given the model's folder in a repository and its manifest
+    evaluate_served: Callable[[Path, ModelManifest], dict[str, float]] | None = None
 
 
 RecipeBuilder = Callable[[RunConfig], Recipe]

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import numpy.typing as npt
 from rnnserve.server.domain import InputData
 from rnnserve.server.errors import InvalidInput
 from rnnserve.server.manifest import FeatureInput, ModelManifest, TokenInput
+from rnnserve.server.tokenizer import PatternTokenizer, Tokenizer, get_tokenizer
 
 ModelInput = npt.NDArray[np.int64] | npt.NDArray[np.float32]
 
 
+def word_tokenizer(spec: TokenInput) -> Tokenizer | None:
+    """How a model's text becomes words: its named tokenizer, else its token_pattern (manifests
+    written before `tokenizer` existed), else None: one token per symbol."""
+    if spec.tokenizer is not None:
+        return get_tokenizer(spec.tokenizer)
+    if spec.token_pattern is not None:
+        return PatternTokenizer("token_pattern", spec.token_pattern, spec.lowercase)
+    return None
+
+
 class TextCodec:
-    """Text <-> token ids with a model's vocabulary: words found by the manifest's token_pattern
-    for word-level models, else symbols (longest match first for multi-char tokens)."""
+    """Text <-> token ids with a model's vocabulary: words from the manifest's tokenizer (or
+    token_pattern) for word-level models, else symbols (longest match first for multi-char
+    tokens)."""
 
     def __init__(self, spec: TokenInput, model: str) -> None:
         self.vocabulary = spec.vocabulary
@@ -25,16 +35,16 @@ class TextCodec:
         for index, token in enumerate(spec.vocabulary):
             self._ids.setdefault(token, index)
         self._longest = max((len(t) for t in spec.vocabulary), default=1)
-        self._words = re.compile(spec.token_pattern) if spec.token_pattern else None
+        self.tokenizer = word_tokenizer(spec)
         self._lowercase = spec.lowercase
 
     def encode(self, text: str, field: str = "text") -> npt.NDArray[np.int64]:
         """Token ids for `text`; an unknown symbol is InvalidInput "text[i]" unless the model
         declares an unknown_token."""
+        if self.tokenizer is not None:
+            return self._encode_words(text, field)
         if self._lowercase:
             text = text.lower()
-        if self._words is not None:
-            return self._encode_words(text, field)
         ids: list[int] = []
         position = 0
         while position < len(text):
@@ -56,22 +66,22 @@ class TextCodec:
         return np.asarray(ids, dtype=np.int64)
 
     def _encode_words(self, text: str, field: str) -> npt.NDArray[np.int64]:
-        assert self._words is not None
+        assert self.tokenizer is not None
         ids: list[int] = []
-        for match in self._words.finditer(text):
-            token_id = self._ids.get(match.group(), self.unknown_token)
+        for token in self.tokenizer.tokenize(text):
+            token_id = self._ids.get(token.text, self.unknown_token)
             if token_id is None:
                 raise InvalidInput(
-                    f"{match.group()!r} at {field}[{match.start()}] is not in the vocabulary of "
+                    f"{token.text!r} at {field}[{token.start}] is not in the vocabulary of "
                     f"model {self.model!r}",
-                    field=f"{field}[{match.start()}]",
+                    field=f"{field}[{token.start}]",
                 )
             ids.append(token_id)
         return np.asarray(ids, dtype=np.int64)
 
     def decode(self, ids: npt.ArrayLike) -> str:
         """The text of token ids (words joined by spaces for word-level models)."""
-        separator = " " if self._words is not None else ""
+        separator = " " if self.tokenizer is not None else ""
         return separator.join(self.vocabulary[int(i)] for i in np.asarray(ids).reshape(-1))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from rnnserve.server.tokenizer import TOKENIZERS, PatternTokenizer
 
 MANIFEST_FILENAME = "model.json"
 ONNX_FILENAME = "model.onnx"
@@ -31,12 +32,35 @@ class TokenInput(_Strict):
     unknown_token: int | None = Field(
         default=None, description="id that text encoding uses for symbols not in the vocabulary"
     )
+    tokenizer: str | None = Field(
+        default=None,
+        description="word-level models: the versioned tokenizer (rnnserve.server.tokenizer) that "
+        'made the training tokens, e.g. "brown-v1"; the server splits text with it, and '
+        "token_pattern / lowercase are then only a hint for readers that predate this field",
+    )
     token_pattern: str | None = Field(
         default=None,
         description="word-level models: a Python regex whose re.findall matches are a text's "
-        "tokens; None means one token per character",
+        "tokens; None means one token per character (unless `tokenizer` is set)",
     )
     lowercase: bool = Field(default=False, description="lowercase text before tokenising it")
+
+    @model_validator(mode="after")
+    def _known_tokenizer(self) -> TokenInput:
+        if self.tokenizer is None:
+            return self
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"unknown tokenizer {self.tokenizer!r}; known: {sorted(TOKENIZERS)}")
+        named = TOKENIZERS[self.tokenizer]
+        if (
+            isinstance(named, PatternTokenizer)
+            and self.token_pattern is not None
+            and (self.token_pattern, self.lowercase) != (named.pattern, named.lowercase)
+        ):
+            raise ValueError(
+                f"token_pattern and lowercase disagree with tokenizer {self.tokenizer!r}"
+            )
+        return self
 
 
 class FeatureInput(_Strict):

@@ -20,8 +20,9 @@ LABELS = ["negative", "positive"]
 
 @dataclass(frozen=True)
 class Example:
-    tokens: list[str]
+    tokens: list[str]  # the text split by the model's tokenizer (lower-words-v1)
     label: int  # index into LABELS
+    text: str = ""  # the snippet as written, what a client sends the server
 
 
 EXTRA_SETS = ("tweets", "amazonReviewSnippets", "nytEditorialSnippets")
@@ -45,7 +46,7 @@ def load_examples(
         rating = float(parts[1])
         if rating == 0:
             continue  # 37 neutral snippets carry no polarity
-        examples.append(Example(tokenize(parts[2]), int(rating > 0)))
+        examples.append(Example(tokenize(parts[2]), int(rating > 0), parts[2]))
     return examples
 
 

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable
 
-# Text -> tokens for word models; recorded in the manifest so any client can encode the same way.
-TOKEN_PATTERN = r"[a-z0-9]+(?:['\-][a-z0-9]+)*|[^\sa-z0-9]"
-# the same for models that keep case (capitals tell proper nouns apart)
+from rnnserve.server.tokenizer import LOWER_WORDS
+
+# Text -> tokens for word models: the server's own tokenizer object, named in the manifest
+# (`input.tokenizer`), so training, export and serving split text the same way.
+TOKEN_PATTERN = LOWER_WORDS.pattern
+# a cased variant, the legacy `token_pattern` hint of the Brown tagger's manifest (its server-side
+# tokenizer is brown-v1)
 CASED_TOKEN_PATTERN = r"[A-Za-z0-9]+(?:['\-][A-Za-z0-9]+)*|[^\sA-Za-z0-9]"
 UNKNOWN = "<unk>"
-_TOKEN_RE = re.compile(TOKEN_PATTERN)
 
 
 def tokenize(text: str) -> list[str]:
-    """Lowercase, then words (with inner ' or -) and single punctuation marks."""
-    return _TOKEN_RE.findall(text.lower())
+    """lower-words-v1: lowercase, then words (with inner ' or -) and single punctuation marks."""
+    return LOWER_WORDS.words(text)
 
 
 def build_vocabulary(sentences: Iterable[list[str]], min_count: int = 2) -> list[str]:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from pathlib import Path
 
+from rnnserve.server.inputs import TextCodec
+from rnnserve.server.manifest import ModelManifest, TokenInput
+from rnnserve.server.tokenizer import BROWN
 from rnnserve.training.config import RunConfig
 from rnnserve.training.datasets import brown
 from rnnserve.training.datasets.words import (
@@ -14,6 +18,7 @@ from rnnserve.training.datasets.words import (
 )
 from rnnserve.training.model import NetworkSpec
 from rnnserve.training.recipe import Recipe
+from rnnserve.training.served import ServedModel, tagger_accuracy
 from rnnserve.training.tasks.sequences import TaggerTask
 from torch import nn
 
@@ -82,6 +87,7 @@ def build(config: RunConfig) -> Recipe:
         input_kind="tokens",
         vocabulary=vocabulary,
         unknown_token=0,
+        tokenizer=None if lowercase else BROWN.name,
         token_pattern=TOKEN_PATTERN if lowercase else CASED_TOKEN_PATTERN,
         lowercase=lowercase,
         output_meaning="logits",
@@ -94,4 +100,43 @@ def build(config: RunConfig) -> Recipe:
             "splits": {k: len(v) for k, v in sentences.items()},
         },
         finish=finish,
+        evaluate_served=(
+            None
+            if lowercase
+            else lambda folder, manifest: served_metrics(folder, manifest, sentences)
+        ),
     )
+
+
+def served_metrics(
+    folder: Path, manifest: ModelManifest, sentences: dict[str, list[brown.Sentence]]
+) -> dict[str, float]:
+    """The exported tagger as the server runs it, on validation and test.
+
+    Pre-tokenised (token ids sent) and raw text (each test sentence detokenized to ordinary text,
+    brown.detokenize, and sent as text: the manifest's tokenizer splits it), with the share of
+    test tokens the text path cannot produce; and, for comparison, the same raw text split by
+    the legacy `token_pattern` regex the server used before `tokenizer`.
+    """
+    served = ServedModel.load(folder, manifest)
+    test = sentences["test"]
+    texts = [brown.detokenize([w for w, _ in s]) for s in test]
+    metrics: dict[str, float] = {}
+    for split, prefix in (("validation", "val"), ("test", "test")):
+        result = tagger_accuracy(served, sentences[split])
+        metrics[f"{prefix}_token_accuracy"] = result["token_accuracy"]
+        metrics[f"{prefix}_unseen_tag_tokens"] = result["unseen_tag_tokens"]
+    text = tagger_accuracy(served, test, texts)
+    metrics["test_text_token_accuracy"] = text["token_accuracy"]
+    metrics["test_text_unproducible_token_share"] = text["unproducible_token_share"]
+    metrics["test_text_sentences_reproduced"] = text["sentences_reproduced"]
+    spec = served.manifest.input
+    assert isinstance(spec, TokenInput)
+    legacy = TextCodec(spec.model_copy(update={"tokenizer": None}), "legacy")
+    if legacy.tokenizer is not None:
+        old = tagger_accuracy(served, test, texts, codec=legacy)
+        metrics["test_text_token_accuracy_token_pattern"] = old["token_accuracy"]
+        metrics["test_text_unproducible_token_share_token_pattern"] = old[
+            "unproducible_token_share"
+        ]
+    return metrics

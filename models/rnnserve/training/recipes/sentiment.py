@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from rnnserve.server.manifest import ModelManifest
+from rnnserve.server.tokenizer import LOWER_WORDS
 from rnnserve.training.config import RunConfig
 from rnnserve.training.datasets import sentiment
 from rnnserve.training.datasets.words import TOKEN_PATTERN, build_vocabulary, encode_words
 from rnnserve.training.model import NetworkSpec
 from rnnserve.training.recipe import Recipe
+from rnnserve.training.served import ServedModel, classifier_accuracy
 from rnnserve.training.tasks.sequences import ClassifierTask
 from torch import nn
 from torch.nn import functional
@@ -106,6 +111,7 @@ def build(config: RunConfig) -> Recipe:
         input_kind="tokens",
         vocabulary=vocabulary,
         unknown_token=0,
+        tokenizer=LOWER_WORDS.name,  # what tokenize() used to make the training tokens
         token_pattern=TOKEN_PATTERN,
         lowercase=True,
         output_meaning="logits",
@@ -118,4 +124,22 @@ def build(config: RunConfig) -> Recipe:
             "splits": {k: len(v[1]) for k, v in splits.items()},
         },
         finish=finish,
+        evaluate_served=lambda folder, manifest: served_metrics(folder, manifest, examples["test"]),
     )
+
+
+def served_metrics(
+    folder: Path, manifest: ModelManifest, test: list[sentiment.Example]
+) -> dict[str, float]:
+    """Test accuracy of the exported model with every snippet sent as raw text to the server's
+    text path, and how many snippets it splits differently from training (should be none)."""
+    result = classifier_accuracy(
+        ServedModel.load(folder, manifest),
+        [e.text for e in test],
+        [e.label for e in test],
+        [e.tokens for e in test],
+    )
+    return {
+        "test_text_accuracy": result["accuracy"],
+        "test_text_tokenisation_differs": result["tokenisation_differs"],
+    }
