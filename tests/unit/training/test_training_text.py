@@ -153,3 +153,28 @@ def _correct_at(
     ids = [served.vocabulary_index[w] for w, _ in sentences[row]]
     predicted = served.logits([np.array(ids)])[0].argmax(-1)
     return int(labels[int(predicted[column])] == sentences[row][column][1])
+
+
+def test_the_tagger_task_scores_an_unseen_tag_as_an_error() -> None:
+    from rnnserve.training.served import UNSEEN
+    from rnnserve.training.tasks.sequences import TaggerTask
+
+    torch.manual_seed(0)
+    spec = NetworkSpec(
+        cell="lstm",
+        layers=1,
+        hidden_size=4,
+        output_size=2,
+        vocab_size=3,
+        embedding_size=2,
+        bidirectional=True,
+    )
+    model = RecurrentNet(spec)
+    words = [[1, 2, 1]]
+    with torch.no_grad():
+        predicted = model.forward_padded(torch.tensor(words), torch.tensor([3])).argmax(-1)[0]
+    right = [int(t) for t in predicted]
+    gold = {"train": (words, [right]), "test": (words, [[right[0], UNSEEN, right[2]]])}
+    task = TaggerTask(gold, batch_size=1)
+    assert task.evaluate(model, "train")["token_accuracy"] == 1.0
+    assert task.evaluate(model, "test")["token_accuracy"] == pytest.approx(2 / 3)
