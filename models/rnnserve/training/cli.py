@@ -67,6 +67,16 @@ def _cmd_build_repository(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from rnnserve.training.config import load_config
+    from rnnserve.training.reproduce import reproduce
+
+    config = load_config(args.config)
+    report = reproduce(config, Path(args.repository), Path(args.work))
+    print(json.dumps(report, indent=2))
+    return 0 if report["byte_identical"] else 1
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from rnnserve.server.inspect_onnx import propose_manifest_json
 
@@ -134,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--no-progress", action="store_true")
     build.add_argument("--retrain", action="store_true", help="retrain even finished runs")
     build.set_defaults(func=_cmd_build_repository)
+
+    reproduce = sub.add_parser(
+        "reproduce",
+        help="retrain a shipped model from scratch and compare its ONNX file byte for byte "
+        "(exit status 1 if it differs)",
+    )
+    reproduce.add_argument("config")
+    reproduce.add_argument("--repository", default="models/repository")
+    reproduce.add_argument("--work", default=".cache/reproduce", help="scratch runs and exports")
+    reproduce.set_defaults(func=_cmd_reproduce)
 
     inspect = sub.add_parser(
         "inspect", help="propose a manifest for any ONNX file with recurrent state"

@@ -21,7 +21,13 @@ from rnnserve.training.export import ExportWrapper, check_parity, export_onnx
 from rnnserve.training.manifest_writer import build_manifest
 from rnnserve.training.model import NetworkSpec, RecurrentNet
 from rnnserve.training.recipe import Recipe, build_recipe
-from rnnserve.training.runs import RESULT_FILE, WEIGHTS_FILE, runs_dir
+from rnnserve.training.runs import (
+    RESULT_FILE,
+    WEIGHTS_FILE,
+    environment,
+    reproducibility_note,
+    runs_dir,
+)
 
 
 def publish_run(
@@ -60,6 +66,9 @@ def publish_run(
         f"thread(s) ({record['training_seconds'] / 60:.1f} min wall on a shared 2-core machine), "
         f"best at step {record['best_step']}; retrain: rnnserve-train train {config.name}"
     )
+    # a run recorded before environments were: it is being exported where it was trained
+    notes["environment"] = record.get("environment") or environment(config.training.threads)
+    notes["reproducibility"] = reproducibility_note(config, record)
     manifest = build_manifest(
         name=config.name,
         description=config.description,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import time
 from dataclasses import asdict
@@ -22,6 +23,60 @@ CHECKPOINT_FILE = "checkpoint.pt"
 def runs_dir() -> Path:
     """Where runs keep checkpoints and results (outside git)."""
     return Path.cwd() / ".cache" / "runs"
+
+
+def environment(threads: int | None = None) -> str:
+    """What a float32 CPU run's exact weights depend on besides code, data, seed and config.
+
+    MKL and ATen pick their kernels by CPU (AVX2, AVX-512, ...), and kernels that sum in another
+    order round differently; training amplifies the difference step after step.
+    """
+    return (
+        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"{_cpu_model()} ({platform.machine()}), {threads or torch.get_num_threads()} thread(s)"
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def budget_bound(config: RunConfig, steps: int, cpu_seconds: float, stopped_early: bool) -> bool:
+    """Whether the CPU-time budget, not max_steps or early stopping, ended a run."""
+    minutes = config.training.max_minutes
+    return (
+        bool(minutes)
+        and not stopped_early
+        and steps < config.training.max_steps
+        and (cpu_seconds >= 0.99 * 60 * float(minutes or 0))
+    )
+
+
+def reproducibility_note(config: RunConfig, record: dict[str, Any]) -> str:
+    """Whether retraining `config` can give the same weights, and what it depends on."""
+    steps = int(record["steps"])
+    if budget_bound(
+        config, steps, record["training_cpu_seconds_per_thread"], record["stopped_early"]
+    ):
+        budget = config.training.max_minutes
+        return (
+            f"not byte-reproducible: the CPU-time budget (max_minutes {budget}) ended the run "
+            f"at step {steps} of {config.training.max_steps}, and the learning-rate "
+            "schedule followed the CPU time measured, so a rerun's steps and weights follow the "
+            "machine's speed and load; set max_minutes to null for a reproducible run"
+        )
+    return (
+        f"deterministic: {steps} steps fixed by the config, seeded, one thread; the ONNX export "
+        "of given weights is byte-identical. rnnserve-train reproduce "
+        f"{config.name} retrains and compares: byte-identical on the environment recorded here; "
+        "on another CPU kernel path float32 rounding differs and training amplifies it"
+    )
 
 
 def finished_record(config: RunConfig, folder: Path) -> dict[str, Any] | None:
@@ -81,6 +136,7 @@ def run_config(
         "best_step": result.best_step,
         "stopped_early": result.stopped_early,
         "history": result.history,
+        "environment": environment(),
     }
     torch.save({"spec": asdict(recipe.spec), "model": model.state_dict()}, folder / WEIGHTS_FILE)
     (folder / RESULT_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
