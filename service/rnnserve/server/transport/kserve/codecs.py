@@ -236,7 +236,10 @@ def encode_response(
         if call.outputs and spec.name not in call.outputs:
             continue
         rows = [outcome.outputs[index].tensor for outcome in outcomes]
-        data = np.stack([r for r in rows if r is not None]).astype("<f4", copy=False)
+        tensors = [r for r in rows if r is not None]  # raw outputs: always set
+        # one sequence (every sequence request): a view with the batch axis, no stacking copy
+        batch = tensors[0][np.newaxis] if len(tensors) == 1 else np.stack(tensors)
+        data = batch.astype("<f4", copy=False)
         response.outputs.add(name=spec.name, datatype="FP32", shape=data.shape)
         response.raw_output_contents.append(data.tobytes())
     return response
