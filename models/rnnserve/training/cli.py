@@ -67,6 +67,21 @@ def _cmd_build_repository(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_kneser_ney(args: argparse.Namespace) -> int:
+    from rnnserve.training.baselines import shakespeare_kneser_ney
+    from rnnserve.training.config import load_config, shipped_configs
+    from rnnserve.training.publish import add_metrics
+
+    metrics = shakespeare_kneser_ney(args.order)
+    print(json.dumps(metrics, indent=2))
+    if args.write:
+        for path in shipped_configs():
+            config = load_config(path)
+            if config.dataset == "shakespeare":
+                print(f"wrote {add_metrics(Path(args.repository) / config.name, metrics)}")
+    return 0
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from rnnserve.training.config import load_config
     from rnnserve.training.reproduce import reproduce
@@ -144,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--no-progress", action="store_true")
     build.add_argument("--retrain", action="store_true", help="retrain even finished runs")
     build.set_defaults(func=_cmd_build_repository)
+
+    kneser_ney = sub.add_parser(
+        "kneser-ney",
+        help="the character models' count-based baseline: Kneser-Ney n-gram nats/char on "
+        "their validation and test splits",
+    )
+    kneser_ney.add_argument("--order", type=int, default=7)
+    kneser_ney.add_argument("--repository", default="models/repository")
+    kneser_ney.add_argument(
+        "--write", action="store_true", help="add the numbers to every shipped character model"
+    )
+    kneser_ney.set_defaults(func=_cmd_kneser_ney)
 
     reproduce = sub.add_parser(
         "reproduce",

@@ -105,6 +105,24 @@ SERVED_NOTE = (
 )
 
 
+def add_metrics(folder: Path, metrics: dict[str, float]) -> Path:
+    """Merge `metrics` (rounded to 6 digits) into a shipped manifest's latest version."""
+    path = folder / MANIFEST_FILENAME
+    manifest = load_manifest(path)
+    latest = manifest.version_info(manifest.latest_version)
+    rounded = {k: round(float(v), 6) for k, v in metrics.items()}
+    updated = latest.model_copy(update={"metrics": {**latest.metrics, **rounded}})
+    versions = [updated if v.version == latest.version else v for v in manifest.versions]
+    dump_manifest(
+        ModelManifest.model_validate(
+            {**manifest.model_dump(), "versions": [v.model_dump() for v in versions]}
+        ),
+        path,
+    )
+    load_manifest(path)
+    return path
+
+
 def with_served_metrics(
     manifest: ModelManifest, recipe: Recipe, folder: Path, name: str
 ) -> tuple[ModelManifest, dict[str, float]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rnnserve.training.baselines import shakespeare_kneser_ney
 from rnnserve.training.config import RunConfig
 from rnnserve.training.datasets import shakespeare
 from rnnserve.training.model import NetworkSpec, RecurrentNet
@@ -31,6 +32,7 @@ def build(config: RunConfig) -> Recipe:
         assert isinstance(model, RecurrentNet)
         sample = generate(model, vocabulary, SAMPLE_PROMPT, 400, temperature=0.8, seed=7)
         metrics = {f"test_{k}": v for k, v in test.items() if k != "loss"}
+        metrics.update(shakespeare_kneser_ney())  # the count-based model to beat
         return metrics, {"sample": sample, "sample_settings": "prompt 'ROMEO:\\n', temperature 0.8"}
 
     return Recipe(
