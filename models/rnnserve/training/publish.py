@@ -100,8 +100,9 @@ def publish_run(
 
 
 SERVED_NOTE = (
-    "{metrics}: the ONNX file run by onnxruntime as the server runs it, *_text_* with raw text "
-    "sent through the server's text path (rnnserve.server.inputs); rnnserve-train evaluate {name}"
+    "{metrics}: recomputed by rnnserve-train evaluate {name}; the model's figures from the ONNX "
+    "file run by onnxruntime as the server runs it, *_text_* with raw text sent through the "
+    "server's text path (rnnserve.server.inputs)"
 )
 
 

@@ -101,13 +101,18 @@ def results_table(repository: Path, records: dict[str, dict[str, Any]]) -> str:
             for k, v in metrics.items()
             if k.startswith("baseline_") and "test" in k
         )
-        record = records.get(manifest.name, {})
-        minutes = record.get("training_cpu_seconds_per_thread", 0) / 60
+        # a model whose run is not in this checkout: its manifest has the same figures
+        record = records.get(manifest.name) or {
+            "training_cpu_seconds_per_thread": 60
+            * metrics.get("training_cpu_minutes_per_thread", 0),
+            "steps": int(metrics.get("steps", 0)),
+        }
+        minutes = record["training_cpu_seconds_per_thread"] / 60
         rows.append(
             f"| {manifest.name} | {manifest.cell}{' (bi)' if manifest.bidirectional else ''} "
             f"| {manifest.architecture.parameters:,} "
             f"| {metric} {metrics.get(metric, float('nan')):.4g} | {target} | {baseline or '-'} "
-            f"| {minutes:.1f} CPU min, {record.get('steps', 0)} steps |"
+            f"| {minutes:.1f} CPU min, {record['steps']} steps |"
         )
     return "\n".join(rows) + "\n"
 

@@ -132,6 +132,7 @@ def served_metrics(
     metrics["test_text_token_accuracy"] = text["token_accuracy"]
     metrics["test_text_unproducible_token_share"] = text["unproducible_token_share"]
     metrics["test_text_sentences_reproduced"] = text["sentences_reproduced"]
+    metrics.update(most_frequent_tag_baseline(sentences))  # cheap, so recomputed beside them
     spec = served.manifest.input
     assert isinstance(spec, TokenInput)
     legacy = TextCodec(spec.model_copy(update={"tokenizer": None}), "legacy")
