@@ -29,6 +29,7 @@ from rnnserve.server.domain import (
     SessionView,
     StepOutcome,
 )
+from rnnserve.server.errors import RnnServeError
 from rnnserve.server.manifest import (
     Architecture,
     ExportInfo,
@@ -130,6 +131,17 @@ class NoOpEngine(InferenceCore):
         deadline: float | None = None,
     ) -> StepOutcome:
         return self._outcome(len(data))
+
+    async def step_many(
+        self,
+        session_id: str,
+        identity: str,
+        messages: list[tuple[InputData, OutputOptions]],
+        *,
+        input_field: str = "",
+        deadline: float | None = None,
+    ) -> list[StepOutcome | RnnServeError]:
+        return [self._outcome(len(data)) for data, _ in messages]
 
     async def predict(
         self,

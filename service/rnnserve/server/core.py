@@ -15,6 +15,7 @@ from rnnserve.server.domain import (
     SessionView,
     StepOutcome,
 )
+from rnnserve.server.errors import RnnServeError
 
 
 @runtime_checkable
@@ -85,6 +86,18 @@ class InferenceCore(Protocol):
         deadline: float | None = None,
     ) -> StepOutcome:
         """One message of input (one or more steps); the state advances only on success."""
+        ...
+
+    async def step_many(
+        self,
+        session_id: str,
+        identity: str,
+        messages: list[tuple[InputData, OutputOptions]],
+        *,
+        input_field: str = "",
+        deadline: float | None = None,
+    ) -> list[StepOutcome | RnnServeError]:
+        """Several messages of one session in order, as one model call: step's outcomes, each."""
         ...
 
     async def predict(

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 
+import numpy as np
 from rnnserve.server.core import InferenceCore
 from rnnserve.server.domain import (
     GeneratedToken,
@@ -18,12 +19,13 @@ from rnnserve.server.domain import (
     SessionView,
     StepOutcome,
 )
-from rnnserve.server.errors import InvalidInput, ShuttingDown
+from rnnserve.server.errors import InvalidInput, RnnServeError, ShuttingDown
 from rnnserve.server.generation import Generation
+from rnnserve.server.inputs import ModelInput
 from rnnserve.server.persistence import SessionPersistence
 from rnnserve.server.postprocess import build_outputs, check_options
-from rnnserve.server.registry import ModelRegistry
-from rnnserve.server.sessions import SessionManager
+from rnnserve.server.registry import ModelRegistry, ServedModel
+from rnnserve.server.sessions import Session, SessionManager
 from rnnserve.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -240,6 +242,70 @@ class InferenceEngine(InferenceCore):
                 )
             finally:
                 self.sessions.release(session)
+
+    async def step_many(
+        self,
+        session_id: str,
+        identity: str,
+        messages: list[tuple[InputData, OutputOptions]],
+        *,
+        input_field: str = "",
+        deadline: float | None = None,
+    ) -> list[StepOutcome | RnnServeError]:
+        """Several messages of one session, in order, run as one model call where they can be.
+
+        The outcomes are those of calling `step` for each message in turn: a refused message
+        (bad input) leaves the state as it was and gets its error, and the messages around it
+        still run; a failure of the call itself (deadline, overload, shutdown) fails every message
+        of the call and commits nothing. Errors about the session itself raise.
+        """
+        with self._work():
+            session = self.sessions.acquire(session_id, identity)
+            try:
+                served = self.registry.served(session.key)
+                results: list[StepOutcome | RnnServeError | None] = [None] * len(messages)
+                run: list[tuple[int, ModelInput]] = []
+                for index, (data, options) in enumerate(messages):
+                    try:
+                        check_options(options)
+                        run.append((index, served.validate(data)))
+                    except InvalidInput as err:
+                        results[index] = err.with_field_prefix(input_field)
+                await self._run_together(served, session, run, messages, results, deadline)
+                return [r for r in results if r is not None]
+            finally:
+                self.sessions.release(session)
+
+    async def _run_together(
+        self,
+        served: ServedModel,
+        session: Session,
+        run: list[tuple[int, ModelInput]],
+        messages: list[tuple[InputData, OutputOptions]],
+        results: list[StepOutcome | RnnServeError | None],
+        deadline: float | None,
+    ) -> None:
+        """One model call over the valid messages' steps, its outputs split back per message."""
+        if not run:
+            return
+        inputs = np.concatenate([x for _, x in run]) if len(run) > 1 else run[0][1]
+        try:
+            raw = await served.run(inputs, session.slot, deadline)
+        except RnnServeError as err:
+            for index, _ in run:
+                results[index] = err
+            return
+        end, step_count = 0, session.step_count - len(inputs)
+        for index, x in run:
+            start, end = end, end + len(x)
+            step_count += len(x)
+            results[index] = StepOutcome(
+                outputs=build_outputs(
+                    served.manifest.outputs, [r[start:end] for r in raw], messages[index][1]
+                ),
+                steps=len(x),
+                step_count=step_count,
+            )
 
     async def predict(
         self,

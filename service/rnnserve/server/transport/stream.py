@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from rnnserve.server.core import InferenceCore
-from rnnserve.server.domain import SessionView
+from rnnserve.server.domain import InputData, OutputOptions, SessionView, StepOutcome
 from rnnserve.server.errors import InvalidInput, RnnServeError, SessionNotFound, ShuttingDown
 from rnnserve.server.logs import SESSION_ID
 from rnnserve.server.transport import codecs
@@ -20,6 +23,12 @@ from rnnserve.v1 import rnnserve_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+# Step messages already waiting that one model call may take together, and how many messages a
+# stream reads ahead of the one being answered (beyond that, gRPC's flow control holds the sender).
+MAX_JOINED = 64
+MAX_READ_AHEAD = 256
+_JOINABLE = frozenset({"tokens", "features"})
+
 
 class StreamConversation:
     """The state of one Stream call: which session it is bound to, and whether that still lives.
@@ -27,6 +36,10 @@ class StreamConversation:
     Messages are handled strictly one after another, so a stream never races itself; a message's
     error becomes its in-band reply and the session's state stays as it was. Only a server
     shutdown ends the stream with a status (UNAVAILABLE), so the client reconnects elsewhere.
+
+    A client may send messages ahead of their replies (a pipeline). The messages are read as they
+    arrive; when several step messages are already waiting, they run as one multi-step model call
+    (`InferenceCore.step_many`), with the outcomes and replies that one-by-one steps would give.
     """
 
     def __init__(self, core: InferenceCore, context: Any) -> None:
@@ -41,29 +54,106 @@ class StreamConversation:
         self, requests: AsyncIterator[pb.StreamRequest]
     ) -> AsyncGenerator[pb.StreamResponse, None]:
         """Answer every request in order, exactly one response each."""
-        async for request in requests:
-            yield await self.answer(request)
-            if self.finished:
-                return
+        inbox = ReadAhead(requests)
+        try:
+            while (request := await inbox.next()) is not None:
+                joined = (
+                    inbox.take_while(self._joins, MAX_JOINED - 1) if self._joins(request) else []
+                )
+                if joined:
+                    for response in await self.answer_together([request, *joined]):
+                        yield response
+                else:
+                    yield await self.answer(request)
+                if self.finished:
+                    return
+        finally:
+            await inbox.close()
 
     async def answer(self, request: pb.StreamRequest) -> pb.StreamResponse:
         """Handle one message; a failure becomes an in-band error reply."""
         kind = request.WhichOneof("kind") or "empty"
-        started, code = time.perf_counter(), "OK"
+        started = time.perf_counter()
         try:
             response = await self._dispatch(kind, request)
         except ShuttingDown:
             record_call(f"Stream.{kind}", "UNAVAILABLE", time.perf_counter() - started)
             raise
         except Exception as err:
-            if isinstance(err, SessionNotFound) and err.session_id == self._session_id:
+            return self._reply(request, kind, started, err)
+        return self._reply(request, kind, started, response)
+
+    async def answer_together(self, requests: list[pb.StreamRequest]) -> list[pb.StreamResponse]:
+        """Step messages already waiting, run as one model call; one reply each, in order."""
+        started = time.perf_counter()
+        results: list[StepOutcome | Exception | None] = [None] * len(requests)
+        decoded: list[tuple[InputData, OutputOptions]] = []
+        positions: list[int] = []
+        for index, request in enumerate(requests):
+            try:
+                data = codecs.decode_input(request.step, "step")
+                decoded.append((data, codecs.decode_output_options(request.output)))
+                positions.append(index)
+            except RnnServeError as err:
+                results[index] = err
+        if decoded:
+            assert self._session_id is not None  # _joins asked for a live session
+            outcomes: list[StepOutcome | RnnServeError] | list[Exception]
+            try:
+                outcomes = await self._core.step_many(
+                    self._session_id,
+                    self._identity,
+                    decoded,
+                    input_field="step",
+                    deadline=deadline_of(self._context),
+                )
+            except ShuttingDown:
+                for _ in requests:
+                    record_call("Stream.step", "UNAVAILABLE", time.perf_counter() - started)
+                raise
+            except Exception as err:  # about the session itself: every message gets it
+                outcomes = [err] * len(positions)
+            for index, outcome in zip(positions, outcomes, strict=True):
+                results[index] = outcome
+        return [
+            self._reply(request, "step", started, result)
+            for request, result in zip(requests, results, strict=True)
+            if result is not None
+        ]
+
+    def _reply(
+        self,
+        request: pb.StreamRequest,
+        kind: str,
+        started: float,
+        result: pb.StreamResponse | StepOutcome | Exception,
+    ) -> pb.StreamResponse:
+        """The reply to one message: its response, its outcome, or its error in-band; counted."""
+        code = "OK"
+        if isinstance(result, Exception):
+            if isinstance(result, SessionNotFound) and result.session_id == self._session_id:
                 self._session_gone = True  # steps keep saying why; `open` may bind a new one
-            failure = report(err, f"Stream.{kind}")
+            failure = report(result, f"Stream.{kind}")
             code = failure.code_name
             response = pb.StreamResponse(error=inband_error(failure))
+        elif isinstance(result, StepOutcome):
+            response = pb.StreamResponse()
+            codecs.fill_step(response.result, result)
+        else:
+            response = result
         record_call(f"Stream.{kind}", code, time.perf_counter() - started)
         response.request_id = request.request_id
         return response
+
+    def _joins(self, request: pb.StreamRequest) -> bool:
+        """Whether a message may run in one call with its neighbours: a step of ids or frames
+        (text is left alone: a word model's tokens can span the messages) on a live session."""
+        return (
+            request.WhichOneof("kind") == "step"
+            and request.step.WhichOneof("data") in _JOINABLE
+            and self._session_id is not None
+            and not self._session_gone
+        )
 
     async def _dispatch(self, kind: str, request: pb.StreamRequest) -> pb.StreamResponse:
         if kind == "open":
@@ -134,3 +224,65 @@ class StreamConversation:
                 "no session is open on this stream: send an open message first", field=kind
             )
         return self._session_id
+
+
+class ReadAhead:
+    """Reads a call's requests as they arrive, so that those already received can be seen together.
+
+    A task moves requests from gRPC into a buffer (at most MAX_READ_AHEAD); `next` waits for one,
+    `take_while` takes those already there. The end of the requests, or the error that ended
+    them, comes out of `next` in order, after the requests received before it.
+    """
+
+    def __init__(self, requests: AsyncIterator[pb.StreamRequest]) -> None:
+        self._buffer: deque[pb.StreamRequest] = deque()
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._ended = False
+        self._error: BaseException | None = None
+        self._task = asyncio.get_running_loop().create_task(self._read(requests))
+
+    async def _read(self, requests: AsyncIterator[pb.StreamRequest]) -> None:
+        try:
+            async for request in requests:
+                self._buffer.append(request)
+                self._arrived.set()
+                if len(self._buffer) >= MAX_READ_AHEAD:
+                    self._room.clear()
+                    await self._room.wait()
+        except Exception as err:  # the call failed while reading: the reader raises it in order
+            self._error = err
+        finally:
+            self._ended = True
+            self._arrived.set()
+
+    async def next(self) -> pb.StreamRequest | None:
+        """The next request (waiting for it), or None once the client has sent its last."""
+        while not self._buffer:
+            if self._ended:
+                if self._error is not None:
+                    raise self._error
+                return None
+            self._arrived.clear()
+            await self._arrived.wait()
+        request = self._buffer.popleft()
+        self._room.set()
+        return request
+
+    def take_while(
+        self, wanted: Callable[[pb.StreamRequest], bool], limit: int
+    ) -> list[pb.StreamRequest]:
+        """Up to `limit` requests already received, from the front, while `wanted` says yes."""
+        taken: list[pb.StreamRequest] = []
+        while self._buffer and len(taken) < limit and wanted(self._buffer[0]):
+            taken.append(self._buffer.popleft())
+        if taken:
+            self._room.set()
+        return taken
+
+    async def close(self) -> None:
+        """Stop reading (the call is over)."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
