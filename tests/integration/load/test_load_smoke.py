@@ -71,3 +71,14 @@ async def test_a_model_the_server_lacks_fails_fast(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await run_load_async(config)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("window", [8, 64])
+async def test_pipelined_streams_get_every_reply(rpc: Running, window: int) -> None:
+    """--window W: up to W messages in flight per stream, every one answered and timed."""
+    config = LoadConfig(
+        target=rpc.address, model=LSTM_LM, concurrency=2, steps=50, window=window, warmup_messages=0
+    )
+    summary = (await run_load_async(config)).summary
+    assert summary.codes == {"OK": 100}
+    assert summary.latency.count == 100

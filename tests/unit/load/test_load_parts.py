@@ -41,11 +41,17 @@ def test_max_messages_caps_the_message_budget() -> None:
         ("mode", "bogus"),
         ("target", "localhost"),
         ("connections", 0),
+        ("window", 0),
     ],
 )
 def test_invalid_configs_are_refused(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field.split("_s")[0]):
         LoadConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_only_streams_pipeline() -> None:
+    with pytest.raises(ConfigError, match="window"):
+        LoadConfig(mode="step", window=8)
 
 
 def test_generate_cannot_be_paced_by_the_client() -> None:

@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="input steps each message carries; prompt length for generate (default 1)",
     )
+    add(
+        "--window",
+        type=int,
+        default=1,
+        help="stream mode: messages each session keeps in flight (default 1: wait for each reply)",
+    )
     add("--sessions", type=int, help="sessions in all (default: one per worker)")
     add("-z", "--duration", type=float, help="stop after this many seconds")
     add("--max-messages", type=int, help="stop after this many timed messages")
@@ -113,6 +119,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         concurrency=args.concurrency,
         steps=args.steps,
         steps_per_message=args.steps_per_message,
+        window=args.window,
         sessions=args.sessions,
         duration_s=args.duration,
         max_messages=args.max_messages,

@@ -41,6 +41,8 @@ class LoadConfig:
     """Messages per session (for `generate`: tokens generated per session)."""
     steps_per_message: int = 1
     """Input steps (tokens or frames) each message carries; the prompt length for `generate`."""
+    window: int = 1
+    """`stream` mode: messages a session keeps in flight on its Stream (1 = wait for each reply)."""
     sessions: int | None = None
     """Sessions in all; default one per worker, or unbounded when only `duration_s` is set."""
     duration_s: float | None = None
@@ -84,6 +86,10 @@ class LoadConfig:
             raise ConfigError(f"steps: must be >= 1, got {self.steps}")
         if self.steps_per_message < 1:
             raise ConfigError(f"steps_per_message: must be >= 1, got {self.steps_per_message}")
+        if self.window < 1:
+            raise ConfigError(f"window: must be >= 1, got {self.window}")
+        if self.window > 1 and self.mode != "stream":
+            raise ConfigError(f"window: only stream mode pipelines messages, not {self.mode}")
         if self.sessions is not None and self.sessions < 1:
             raise ConfigError(f"sessions: must be >= 1, got {self.sessions}")
         if self.duration_s is not None and self.duration_s <= 0:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from rnnserve.client.load.config import LoadConfig
@@ -142,23 +143,22 @@ class StreamDriver:
                 await call.write(pb.StreamRequest(step=chunk, output=_QUIET))
                 if not _stream_ok(await call.read(), recorder):
                     return
-            steps = config.steps_per_message
+            # Send times of the messages in flight: up to `window` are sent before their replies.
+            in_flight: deque[float] = deque()
             for _ in range(config.steps):
                 if not ctx.bounds.take_message():
                     break
+                if len(in_flight) >= config.window and not await self._answer(
+                    call, in_flight, clock
+                ):
+                    return
                 request = self._requests[self._index % len(self._requests)]
                 self._index += 1
-                sent = await pacer.wait()
+                in_flight.append(await pacer.wait())
                 await call.write(request)
-                reply = await call.read()
-                done = time.perf_counter()
-                if reply is grpc.aio.EOF:
-                    recorder.error("UNAVAILABLE")
+            while in_flight:
+                if not await self._answer(call, in_flight, clock):
                     return
-                if reply.WhichOneof("kind") == "error":
-                    recorder.error(reply.error.code_name or str(reply.error.code))
-                    continue
-                clock.answered(sent, done, steps)
             await call.write(pb.StreamRequest(control=pb.CONTROL_ACTION_CLOSE))
             await call.read()
             await call.done_writing()
@@ -169,6 +169,19 @@ class StreamDriver:
         finally:
             call.cancel()
             recorder.session_done()
+
+    async def _answer(self, call: Any, in_flight: deque[float], clock: _SessionClock) -> bool:
+        """Read the reply to the oldest message in flight; False if the stream ended."""
+        reply = await call.read()
+        done, sent = time.perf_counter(), in_flight.popleft()
+        if reply is grpc.aio.EOF:
+            self.ctx.recorder.error("UNAVAILABLE")
+            return False
+        if reply.WhichOneof("kind") == "error":
+            self.ctx.recorder.error(reply.error.code_name or str(reply.error.code))
+        else:
+            clock.answered(sent, done, self.ctx.config.steps_per_message)
+        return True
 
 
 def _stream_ok(reply: object, recorder: Recorder) -> bool:
