@@ -82,6 +82,8 @@ for rep in $(seq 1 "$REPS"); do
   done
 done
 
+kill "$SERVER"; wait "$SERVER" 2>/dev/null || true  # idle, but out of Triton's way
+
 # 4. Triton beside it, same PA, same shape (optional)
 if [ -n "${TRITON:-}" ]; then
   OUT="$OUT/triton" REPS="$REPS" CONC="$CONC" PA_MODELS="${PA_MODELS:-lstm_direct_i2}" \
