@@ -50,3 +50,24 @@ async def test_pipelined_messages_are_answered_in_order_as_one_by_one(rpc: Runni
         step_count += len(chunk)
         assert reply.result.step_count == expected.step_count == step_count
         np.testing.assert_allclose(output_array(reply.result), output_array(expected), rtol=1e-6)
+
+
+async def test_a_long_pipeline_is_joined_only_up_to_one_calls_worth_of_steps(rpc: Running) -> None:
+    """Waiting messages join while their steps fit one scheduler call (256): 100 messages of 10
+    steps become at least four calls, every reply in order and identical to one-by-one."""
+    twin = await open_session(rpc.stub, GRU_LM)
+    chunks = [[(7 * i + j) % 20 for j in range(10)] for i in range(100)]
+    before = rpc.server.engine.model_statistics(GRU_LM)[0].executions
+
+    async def requests() -> AsyncIterator[pb.StreamRequest]:
+        yield pb.StreamRequest(open=pb.OpenSession(model=pb.ModelRef(name=GRU_LM)))
+        for chunk in chunks:
+            yield pb.StreamRequest(step=tokens(chunk))
+
+    replies = [r async for r in rpc.stub.Stream(requests(), metadata=identity("alice"))][1:]
+    assert len(replies) == len(chunks)
+    assert rpc.server.engine.model_statistics(GRU_LM)[0].executions - before >= 4
+    assert [r.result.step_count for r in replies] == [10 * (i + 1) for i in range(100)]
+    for chunk in chunks:
+        expected = await step(rpc.stub, twin, tokens(chunk))
+    np.testing.assert_allclose(output_array(replies[-1].result), output_array(expected), rtol=1e-6)

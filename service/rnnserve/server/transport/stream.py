@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # Step messages already waiting that one model call may take together, and how many messages a
 # stream reads ahead of the one being answered (beyond that, gRPC's flow control holds the sender).
 MAX_JOINED = 64
+MAX_JOINED_STEPS = 256  # the scheduler's longest call: a longer message runs in segments anyway
 MAX_READ_AHEAD = 256
 _JOINABLE = frozenset({"tokens", "features"})
 
@@ -57,9 +58,9 @@ class StreamConversation:
         inbox = ReadAhead(requests)
         try:
             while (request := await inbox.next()) is not None:
-                joined = (
-                    inbox.take_while(self._joins, MAX_JOINED - 1) if self._joins(request) else []
-                )
+                joined = []
+                if self._joins(request):
+                    joined = inbox.take_while(self._joiner(request), MAX_JOINED - 1)
                 if joined:
                     for response in await self.answer_together([request, *joined]):
                         yield response
@@ -145,6 +146,22 @@ class StreamConversation:
         response.request_id = request.request_id
         return response
 
+    def _joiner(self, first: pb.StreamRequest) -> Callable[[pb.StreamRequest], bool]:
+        """Whether a waiting message joins `first`'s call: a joinable step, while the call's
+        steps stay within MAX_JOINED_STEPS (long messages gain nothing from joining, and the
+        outputs of one call are held at once)."""
+        budget = MAX_JOINED_STEPS - _steps(first)
+
+        def joins(request: pb.StreamRequest) -> bool:
+            nonlocal budget
+            steps = _steps(request)
+            if not self._joins(request) or steps > budget:
+                return False
+            budget -= steps
+            return True
+
+        return joins
+
     def _joins(self, request: pb.StreamRequest) -> bool:
         """Whether a message may run in one call with its neighbours: a step of ids or frames
         (text is left alone: a word model's tokens can span the messages) on a live session."""
@@ -224,6 +241,14 @@ class StreamConversation:
                 "no session is open on this stream: send an open message first", field=kind
             )
         return self._session_id
+
+
+def _steps(request: pb.StreamRequest) -> int:
+    """Steps a step message carries, read from the message without decoding it."""
+    if request.step.WhichOneof("data") == "tokens":
+        return len(request.step.tokens.ids)
+    shape = request.step.features.shape
+    return int(shape[0]) if shape else 0
 
 
 class ReadAhead:

@@ -138,6 +138,8 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: kpb.ModelStatisticsRequest, context: Any
     ) -> kpb.ModelStatisticsResponse:
         version = codecs.decode_version(request.version, "version")
+        if request.name:
+            describe_model(self._core, request.name, request.version)  # Triton's NOT_FOUND
         statistics = self._core.model_statistics(request.name, version)
         return kpb.ModelStatisticsResponse(
             model_stats=[codecs.encode_statistics(s) for s in statistics]
