@@ -23,6 +23,7 @@ async def test_sentiment_reads_text_as_words(serve: Callable[..., Awaitable[Runn
     rpc = await serve(REPOSITORY, models=["sentiment-gru"])
     model = await rpc.stub.GetModel(pb.GetModelRequest(model=pb.ModelRef(name="sentiment-gru")))
     assert model.model.token_pattern and model.model.lowercase
+    assert model.model.tokenizer == "lower-words-v1"  # the tokenizer it was trained with
 
     async def label(text: str) -> str:
         reply = await rpc.stub.Predict(

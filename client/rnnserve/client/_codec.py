@@ -172,7 +172,7 @@ def decode_model(model: pb.ModelInfo) -> ModelInfo:
         streamable=model.streamable,
         input_kind=model.input_kind,
         vocabulary=(
-            Vocabulary(model.vocabulary, word_level=bool(model.token_pattern))
+            Vocabulary(model.vocabulary, word_level=bool(model.tokenizer or model.token_pattern))
             if model.vocabulary
             else None
         ),

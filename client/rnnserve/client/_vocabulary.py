@@ -14,7 +14,7 @@ class Vocabulary:
     Encoding is one token per character, which is what a character model's server does; text
     that holds a character missing from the vocabulary cannot be encoded here (``can_encode``
     says so) and is then sent to the server as text, which applies the model's unknown-token rule
-    or names the offending position. A word-level vocabulary (the model has a ``token_pattern``)
+    or names the offending position. A word-level vocabulary (the model has a tokenizer)
     never encodes here: its text always goes to the server, which splits it into words.
     """
 

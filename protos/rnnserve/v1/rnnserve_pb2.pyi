@@ -1392,6 +1392,7 @@ class ModelInfo(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     TOKEN_PATTERN_FIELD_NUMBER: _builtins.int
     LOWERCASE_FIELD_NUMBER: _builtins.int
+    TOKENIZER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Model name."""
     version: _builtins.int
@@ -1420,6 +1421,10 @@ class ModelInfo(_message.Message):
     """
     lowercase: _builtins.bool
     """Whether text is lowercased before it is split into tokens."""
+    tokenizer: _builtins.str
+    """Word-level token models: the versioned tokenizer the model was trained with (for example
+    "brown-v1"); the server splits `text` input with it. Empty: token_pattern, or characters.
+    """
     @_builtins.property
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Every version served, ascending."""
@@ -1461,10 +1466,11 @@ class ModelInfo(_message.Message):
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         token_pattern: _builtins.str = ...,
         lowercase: _builtins.bool = ...,
+        tokenizer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bidirectional", b"bidirectional", "cell", b"cell", "description", b"description", "feature_width", b"feature_width", "input_kind", b"input_kind", "lowercase", b"lowercase", "max_steps_per_message", b"max_steps_per_message", "metrics", b"metrics", "name", b"name", "outputs", b"outputs", "state_bytes", b"state_bytes", "states", b"states", "streamable", b"streamable", "task", b"task", "token_pattern", b"token_pattern", "version", b"version", "versions", b"versions", "vocabulary", b"vocabulary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bidirectional", b"bidirectional", "cell", b"cell", "description", b"description", "feature_width", b"feature_width", "input_kind", b"input_kind", "lowercase", b"lowercase", "max_steps_per_message", b"max_steps_per_message", "metrics", b"metrics", "name", b"name", "outputs", b"outputs", "state_bytes", b"state_bytes", "states", b"states", "streamable", b"streamable", "task", b"task", "token_pattern", b"token_pattern", "tokenizer", b"tokenizer", "version", b"version", "versions", b"versions", "vocabulary", b"vocabulary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -306,3 +306,10 @@ def test_the_field_is_never_read_from_the_message_text() -> None:
     assert error.field == "input.text[2]"
     info = error_details_pb2.ErrorInfo(reason="SESSION_BUSY", metadata={"field": "session_id"})
     assert from_rpc_error(grpc.StatusCode.ABORTED, "busy", _details(info)).field == "session_id"
+
+
+def test_a_model_with_a_tokenizer_leaves_its_text_to_the_server() -> None:
+    words = decode_model(pb.ModelInfo(name="m", vocabulary=["a", "b"], tokenizer="brown-v1"))
+    chars = decode_model(pb.ModelInfo(name="m", vocabulary=["a", "b"]))
+    assert words.vocabulary is not None and not words.vocabulary.can_encode("ab")
+    assert chars.vocabulary is not None and chars.vocabulary.can_encode("ab")

@@ -310,6 +310,7 @@ def encode_model(description: ModelDescription) -> pb.ModelInfo:
         info.vocabulary.extend(manifest.input.vocabulary)
         info.token_pattern = manifest.input.token_pattern or ""
         info.lowercase = manifest.input.lowercase
+        info.tokenizer = manifest.input.tokenizer or ""
     else:
         info.feature_width = manifest.input.width
     try:
