@@ -159,3 +159,17 @@ async def test_malformed_requests_name_the_field(
     err = await expect_error(stub(rpc).ModelInfer(message))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (err.details() or "").startswith(f"{field}:")
+
+
+async def test_sequences_obey_the_session_ttl_and_limits(serve: Any) -> None:
+    running = await serve(session_ttl_s=0.2, max_sessions=1)
+    kserve = stub(running)
+    await kserve.ModelInfer(request([1], 1, start=True))
+    full = await expect_error(kserve.ModelInfer(request([1], 2, start=True)))
+    assert full.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await asyncio.sleep(0.35)
+    expired = await expect_error(kserve.ModelInfer(request([2], 1)))
+    assert expired.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "expired" in (expired.details() or "")
+    restarted = await kserve.ModelInfer(request([2], 1, start=True))  # START begins it anew
+    assert restarted.parameters["step_count"].int64_param == 1
