@@ -1,6 +1,8 @@
-"""Batching pays: per-token cost of one batched call vs solo calls, raw and through the engine.
+"""Batching pays: 64 sessions stepping at once share calls, and the per-token costs are printed.
 
-Slow; run with `-m slow -s` to see the figures (2-layer H=256 LSTM, one token per step).
+The figures (raw onnxruntime and engine CPU per token, batch 1 vs 64) are for people: run with
+`-m slow -s`. Timing thresholds belong in the benchmark, not here (a shared machine's noise made
+a 2x ratio assertion flaky); what is asserted is the batching itself.
 """
 
 from __future__ import annotations
@@ -36,19 +38,24 @@ def _best_per_token(model: OnnxModel, batch: int, repeats: int) -> float:
     return best
 
 
-async def _engine_cpu_per_token(engine: InferenceEngine, sessions: int, steps: int) -> float:
+async def _engine_cpu_per_token(
+    engine: InferenceEngine, sessions: int, steps: int
+) -> tuple[float, float]:
+    """(CPU seconds per token, sessions per model call) of `sessions` stepping at once."""
     options = OutputOptions(OutputSteps.LAST, OutputFormat.TOP_K, top_k=5)
     token = np.array([5], dtype=np.int64)
     ids = [(await engine.create_session("lstm256", 0, "me")).session_id for _ in range(sessions)]
+    statistics = engine.model_statistics("lstm256")[0]
 
     async def drive(session: str) -> None:
         for _ in range(steps):
             await engine.step(session, "me", token, options)
 
     await asyncio.gather(*(drive(s) for s in ids))  # warm up
-    started = time.process_time()  # CPU of every thread: robust to a busy machine
+    started, calls = time.process_time(), statistics.executions  # CPU of every thread
     await asyncio.gather(*(drive(s) for s in ids))
-    return (time.process_time() - started) / (sessions * steps)
+    cpu = (time.process_time() - started) / (sessions * steps)
+    return cpu, sessions * steps / (statistics.executions - calls)
 
 
 async def test_batched_steps_cost_less_per_token(tmp_path: Path) -> None:
@@ -60,14 +67,14 @@ async def test_batched_steps_cost_less_per_token(tmp_path: Path) -> None:
     try:
         model = engine.registry.served(("lstm256", 1)).model
         solo, batched = _best_per_token(model, 1, 100), _best_per_token(model, 64, 10)
-        engine_solo = await _engine_cpu_per_token(engine, 1, 300)
-        engine_batched = await _engine_cpu_per_token(engine, 64, 20)
+        engine_solo, solo_batch = await _engine_cpu_per_token(engine, 1, 300)
+        engine_batched, batch = await _engine_cpu_per_token(engine, 64, 20)
     finally:
         await engine.stop(1.0)
     print(
         f"\nraw onnxruntime per token: batch 1 {solo * 1e6:.0f} us, batch 64 {batched * 1e6:.0f} us"
         f"\nengine CPU per token: 1 session {engine_solo * 1e6:.0f} us, "
-        f"64 sessions {engine_batched * 1e6:.0f} us"
+        f"64 sessions {engine_batched * 1e6:.0f} us ({batch:.1f} sessions per call)"
     )
-    assert batched < solo / 2
-    assert engine_batched < engine_solo / 2
+    assert solo_batch == 1.0
+    assert batch >= 16  # 64 sessions stepping at once share their model calls
