@@ -99,3 +99,14 @@ def test_metadata_and_config_describe_tensors_and_the_sequence_batcher(
     tagger = codecs.encode_config(describe(tiny_manifests[tm.TAGGER]), idle_s=600)
     assert tagger.WhichOneof("scheduling_choice") is None  # not a sequence model
     assert list(tagger.input[0].dims) == [-1, -1]
+
+
+def test_an_overlong_string_sequence_id_is_refused(
+    tiny_manifests: dict[str, ModelManifest],
+) -> None:
+    manifest = tiny_manifests[tm.GRU_LM]
+    ids = np.array([[1]], dtype="<i8")
+    request = infer_request(manifest, ids, "INT64", sequence_id=("string_param", "x" * 257))
+    with pytest.raises(InvalidInput, match="at most 256") as caught:
+        codecs.decode_call(request, manifest)
+    assert caught.value.field == "parameters.sequence_id"

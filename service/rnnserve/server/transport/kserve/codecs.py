@@ -31,6 +31,8 @@ BACKEND = "onnxruntime"
 SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END = "sequence_id", "sequence_start", "sequence_end"
 OUTPUT_STEPS = "output_steps"
 SESSION_ID, STEP_COUNT = "rnnserve_session_id", "step_count"
+# A string sequence id is kept as a key for the sequence's life (and in its tombstone).
+MAX_SEQUENCE_ID_LENGTH = 256
 # wire datatype -> (little-endian wire dtype, the native dtype the core takes)
 _DTYPES: dict[str, tuple[np.dtype[np.generic], np.dtype[np.generic]]] = {
     "INT64": (np.dtype("<i8"), np.dtype(np.int64)),
@@ -118,6 +120,12 @@ def _sequence_parameters(request: kpb.ModelInferRequest) -> tuple[str | None, bo
             sequence = str(value.uint64_param) if value.uint64_param else None
         elif kind == "string_param":
             sequence = value.string_param or None
+            if len(value.string_param) > MAX_SEQUENCE_ID_LENGTH:
+                raise InvalidInput(
+                    f"a string sequence_id is at most {MAX_SEQUENCE_ID_LENGTH} characters, got "
+                    f"{len(value.string_param)}",
+                    field=f"parameters.{SEQUENCE_ID}",
+                )
         else:
             raise InvalidInput(
                 f"sequence_id must be an integer or a string, got {kind}",
