@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import numpy as np
 from rnnserve.server.core import InferenceCore
@@ -61,9 +61,7 @@ class InferenceEngine(InferenceCore):
         )
         self._started = False
         self._stopping = False
-        self._inflight = 0
-        self._drained = asyncio.Event()
-        self._drained.set()
+        self._in_flight = _InFlight()
 
     # Lifecycle.
 
@@ -83,12 +81,14 @@ class InferenceEngine(InferenceCore):
         if self._stopping:
             return
         self._stopping = True
-        if self._inflight:
+        if self._in_flight.count:
             try:
-                await asyncio.wait_for(self._drained.wait(), timeout=grace_s)
+                await asyncio.wait_for(self._in_flight.drained.wait(), timeout=grace_s)
             except TimeoutError:
                 log.warning(
-                    "%d requests still running after %.1f s; stopping", self._inflight, grace_s
+                    "%d requests still running after %.1f s; stopping",
+                    self._in_flight.count,
+                    grace_s,
                 )
         await self.registry.stop()
         await self.sessions.stop_reaper()
@@ -100,21 +100,13 @@ class InferenceEngine(InferenceCore):
         """True once the models are loaded and until shutdown begins."""
         return self._started and not self._stopping
 
-    @contextlib.contextmanager
-    def _work(self) -> Iterator[None]:
+    def _work(self) -> _InFlight:
         """Count a request as in flight, so that stop() can drain it; refuse it when stopping."""
         if self._stopping or not self._started:
             raise ShuttingDown(
                 "the server is shutting down" if self._stopping else "the server is starting"
             )
-        self._inflight += 1
-        self._drained.clear()
-        try:
-            yield
-        finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._drained.set()
+        return self._in_flight
 
     # Models.
 
@@ -355,3 +347,24 @@ class InferenceEngine(InferenceCore):
             async with contextlib.aclosing(self.generation.generate(request, identity)) as tokens:
                 async for token in tokens:
                     yield token
+
+
+class _InFlight:
+    """Counts the requests in flight (a context manager per request; a class, not a generator:
+    it runs on every message)."""
+
+    __slots__ = ("count", "drained")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.drained = asyncio.Event()
+        self.drained.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self.drained.clear()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.drained.set()

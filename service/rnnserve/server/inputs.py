@@ -138,14 +138,17 @@ def _validate_tokens(
     _check_steps(array.shape[0], max_steps, "tokens.ids")
     vocab = len(spec.vocabulary)
     ids = array.astype(np.int64, copy=False)
-    if ids.min() < 0 or ids.max() >= vocab:  # min/max first: the cheap check on the hot path
-        index = int(np.flatnonzero((ids < 0) | (ids >= vocab))[0])
-        raise InvalidInput(
-            f"token id {int(ids[index])} is outside the vocabulary [0, {vocab}) of model "
-            f"{manifest.name!r}",
-            field=f"tokens.ids[{index}]",
-        )
-    return np.ascontiguousarray(ids)
+    if ids.shape[0] == 1:  # one token a message, the hot path: a Python compare, no reductions
+        if 0 <= int(ids[0]) < vocab:
+            return np.ascontiguousarray(ids)
+    elif ids.min() >= 0 and ids.max() < vocab:  # min/max first: cheaper than locating a bad id
+        return np.ascontiguousarray(ids)
+    index = int(np.flatnonzero((ids < 0) | (ids >= vocab))[0])
+    raise InvalidInput(
+        f"token id {int(ids[index])} is outside the vocabulary [0, {vocab}) of model "
+        f"{manifest.name!r}",
+        field=f"tokens.ids[{index}]",
+    )
 
 
 def _validate_features(
