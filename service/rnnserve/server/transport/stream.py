@@ -116,11 +116,11 @@ class StreamConversation:
                 outcomes = [err] * len(positions)
             for index, outcome in zip(positions, outcomes, strict=True):
                 results[index] = outcome
-        return [
-            self._reply(request, "step", started, result)
-            for request, result in zip(requests, results, strict=True)
-            if result is not None
-        ]
+        replies = []
+        for request, result in zip(requests, results, strict=True):
+            assert result is not None  # every message has its outcome or its error
+            replies.append(self._reply(request, "step", started, result))
+        return replies
 
     def _reply(
         self,
