@@ -146,6 +146,47 @@ def stream_and_compare(
     return worst, position
 
 
+def check_kserve(target: str, model: str, tokens: list[int], want: dict[str, FloatArray]) -> None:
+    """The KServe v2 front door on the same published port: a three-request sequence (START,
+    a step, END) gives the reference's outputs, and the ended sequence is refused after."""
+    import grpc
+    from rnnserve.kserve.v2 import grpc_service_pb2 as kpb
+    from rnnserve.kserve.v2 import grpc_service_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        if not stub.ServerReady(kpb.ServerReadyRequest(), timeout=10).ready:
+            raise CheckFailed("KServe ServerReady says not ready")
+        position = 0
+        for index, piece in enumerate(split(tokens, (2, 3, 1))):
+            request = kpb.ModelInferRequest(model_name=model)
+            request.inputs.add(name="tokens", datatype="INT64", shape=[1, len(piece)])
+            request.raw_input_contents.append(np.asarray(piece, "<i8").tobytes())
+            request.parameters["sequence_id"].string_param = "container-check"
+            request.parameters["sequence_start"].bool_param = index == 0
+            request.parameters["sequence_end"].bool_param = index == 2
+            reply = stub.ModelInfer(request, timeout=10, metadata=(("x-client-id", CLIENT_ID),))
+            got = {
+                tensor.name: np.frombuffer(raw, "<f4").reshape(list(tensor.shape))[0]
+                for tensor, raw in zip(reply.outputs, reply.raw_output_contents, strict=True)
+            }
+            rows = {name: value[position : position + len(piece)] for name, value in want.items()}
+            compare(got, rows, f"KServe steps {position}..{position + len(piece) - 1}")
+            position += len(piece)
+        ended = kpb.ModelInferRequest(model_name=model)
+        ended.inputs.add(name="tokens", datatype="INT64", shape=[1, 1])
+        ended.raw_input_contents.append(np.asarray(tokens[:1], "<i8").tobytes())
+        ended.parameters["sequence_id"].string_param = "container-check"
+        try:
+            stub.ModelInfer(ended, timeout=10, metadata=(("x-client-id", CLIENT_ID),))
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.INVALID_ARGUMENT:  # type: ignore[attr-defined]
+                raise
+        else:
+            raise CheckFailed("KServe: an ended sequence was continued without START")
+    print(f"kserve: a {position}-token sequence through ModelInfer matches onnxruntime")
+
+
 def check_metrics(url: str) -> None:
     """The Prometheus endpoint answers through its published port with rnnserve metrics."""
     with urllib.request.urlopen(url, timeout=10) as response:
@@ -188,6 +229,7 @@ def run_stream(args: argparse.Namespace) -> None:
             record = {"session_id": session.session_id, "tokens": tokens, "position": position}
             args.state_file.write_text(json.dumps(record), encoding="utf-8")
             print(f"session {session.session_id[:8]}... left open at step {position}")
+    check_kserve(args.target, args.model, tokens[:6], want)
     if args.metrics:
         check_metrics(args.metrics)
     print(f"stream check passed in {time.perf_counter() - started:.1f} s")
