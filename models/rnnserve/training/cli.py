@@ -82,6 +82,22 @@ def _cmd_kneser_ney(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_significance(args: argparse.Namespace) -> int:
+    from rnnserve.training.config import load_config
+    from rnnserve.training.publish import add_metrics
+    from rnnserve.training.recipes.sentiment import paired_significance
+
+    config = load_config(args.config)
+    if config.dataset != "sentiment":
+        raise SystemExit(f"{config.name}: the paired test is only written for the sentiment model")
+    metrics = paired_significance(config, Path(args.repository))
+    print(json.dumps(metrics, indent=2))
+    if args.write:
+        written = {k: v for k, v in metrics.items() if k.startswith("mcnemar_")}
+        print(f"wrote {add_metrics(Path(args.repository) / config.name, written)}")
+    return 0
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from rnnserve.training.config import load_config
     from rnnserve.training.reproduce import reproduce
@@ -171,6 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--write", action="store_true", help="add the numbers to every shipped character model"
     )
     kneser_ney.set_defaults(func=_cmd_kneser_ney)
+
+    significance = sub.add_parser(
+        "significance",
+        help="the sentiment model against its bag-of-words baselines on the test split: "
+        "discordant counts and exact McNemar p-values",
+    )
+    significance.add_argument("config")
+    significance.add_argument("--repository", default="models/repository")
+    significance.add_argument(
+        "--write", action="store_true", help="add the counts and p-values to the manifest"
+    )
+    significance.set_defaults(func=_cmd_significance)
 
     reproduce = sub.add_parser(
         "reproduce",

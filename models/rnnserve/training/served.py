@@ -161,7 +161,19 @@ def classifier_accuracy(
         [t.text for t in served.codec.tokenizer.tokenize(text)] != words
         for text, words in zip(texts, tokens, strict=True)
     )
-    outputs = served.logits(ids)
-    predicted = [int(out[-1].argmax()) if len(out) else -1 for out in outputs]
+    predicted = classifier_predictions(served, ids)
     correct = sum(p == y for p, y in zip(predicted, labels, strict=True))
     return {"accuracy": correct / len(texts), "tokenisation_differs": float(differ)}
+
+
+def classifier_predictions(served: ServedModel, ids: Sequence[np.ndarray]) -> list[int]:
+    """The class a many-to-one classifier gives each id sequence at its last step (-1: empty)."""
+    return [int(out[-1].argmax()) if len(out) else -1 for out in served.logits(ids)]
+
+
+def classifier_correct(
+    served: ServedModel, texts: Sequence[str], labels: Sequence[int]
+) -> list[bool]:
+    """Per-example correctness of `classifier_accuracy`'s predictions (raw text, text path)."""
+    predicted = classifier_predictions(served, [served.encode_text(text) for text in texts])
+    return [p == y for p, y in zip(predicted, labels, strict=True)]

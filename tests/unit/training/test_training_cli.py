@@ -28,6 +28,7 @@ def test_the_documented_commands_exist() -> None:
         "inspect",
         "experiments",
         "report",
+        "significance",
     }
     completed = subprocess.run(
         [sys.executable, "-m", "rnnserve.training", "--help"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,7 +13,8 @@ from rnnserve.training.datasets import sentiment
 from rnnserve.training.datasets.words import TOKEN_PATTERN, build_vocabulary, encode_words
 from rnnserve.training.model import NetworkSpec
 from rnnserve.training.recipe import Recipe
-from rnnserve.training.served import ServedModel, classifier_accuracy
+from rnnserve.training.served import ServedModel, classifier_accuracy, classifier_correct
+from rnnserve.training.significance import paired_comparison
 from rnnserve.training.tasks.sequences import ClassifierTask
 from torch import nn
 from torch.nn import functional
@@ -30,10 +32,19 @@ def logistic_regression_baseline(
     splits: dict[str, tuple[list[list[int]], list[int]]], vocab_size: int, seed: int
 ) -> dict[str, float]:
     """L2-regularised logistic regression on binary bag-of-words; L2 weight picked on validation."""
+    return logistic_regression_fit(splits, vocab_size, seed)[0]
+
+
+def logistic_regression_fit(
+    splits: dict[str, tuple[list[list[int]], list[int]]], vocab_size: int, seed: int
+) -> tuple[dict[str, float], list[bool]]:
+    """`logistic_regression_baseline`'s metrics and the chosen model's per-example test
+    correctness (in test order), for paired comparisons."""
     torch.manual_seed(seed)
     features = {k: bag_of_words(v[0], vocab_size) for k, v in splits.items()}
     labels = {k: torch.tensor(v[1]) for k, v in splits.items()}
     best: tuple[float, float, float] = (-1.0, 0.0, 0.0)
+    best_correct: list[bool] = []
     for l2 in (1e-5, 1e-4, 1e-3):
         linear = nn.Linear(vocab_size, 2)
         optimizer = torch.optim.LBFGS(
@@ -54,18 +65,32 @@ def logistic_regression_baseline(
             val = float(
                 (linear(features["validation"]).argmax(-1) == labels["validation"]).float().mean()
             )
-            test = float((linear(features["test"]).argmax(-1) == labels["test"]).float().mean())
+            correct = linear(features["test"]).argmax(-1) == labels["test"]
+            test = float(correct.float().mean())
         if val > best[0]:
             best = (val, test, l2)
-    return {
+            best_correct = [bool(c) for c in correct]
+    metrics = {
         "baseline_bow_logreg_val_accuracy": best[0],
         "baseline_bow_logreg_test_accuracy": best[1],
         "baseline_bow_logreg_l2": best[2],
     }
+    return metrics, best_correct
 
 
-def build(config: RunConfig) -> Recipe:
-    """Word-level classifier; vocabulary from the training split (words seen >= min_count times)."""
+@dataclass
+class SentimentData:
+    """The recipe's splits: examples, their encoded (ids, labels), and the vocabulary."""
+
+    examples: dict[str, list[sentiment.Example]]
+    splits: dict[str, tuple[list[list[int]], list[int]]]
+    vocabulary: list[str]
+    movie_train: int  # the first movie_train training examples are the movie-review snippets
+    extra: list[str]  # the other VADER collections appended to the training split
+
+
+def load_data(config: RunConfig) -> SentimentData:
+    """Examples, splits and vocabulary exactly as `build` makes them."""
     examples = sentiment.split_examples(
         sentiment.load_examples(), seed=config.dataset_options.get("split_seed", 13)
     )
@@ -83,6 +108,22 @@ def build(config: RunConfig) -> Recipe:
         name: ([encode_words(e.tokens, index) or [0] for e in items], [e.label for e in items])
         for name, items in examples.items()
     }
+    return SentimentData(examples, splits, vocabulary, movie_train, list(extra))
+
+
+def movie_only_splits(
+    data: SentimentData,
+) -> dict[str, tuple[list[list[int]], list[int]]]:
+    """The splits with the training split cut to its movie-review snippets."""
+    train = data.splits["train"]
+    return {**data.splits, "train": (train[0][: data.movie_train], train[1][: data.movie_train])}
+
+
+def build(config: RunConfig) -> Recipe:
+    """Word-level classifier; vocabulary from the training split (words seen >= min_count times)."""
+    data = load_data(config)
+    examples, splits, vocabulary = data.examples, data.splits, data.vocabulary
+    extra = data.extra
     spec = NetworkSpec.from_config(
         config.network, vocab_size=len(vocabulary), output_size=len(sentiment.LABELS)
     )
@@ -93,11 +134,9 @@ def build(config: RunConfig) -> Recipe:
         metrics.update(logistic_regression_baseline(splits, len(vocabulary), config.training.seed))
         if extra:
             # the same baseline trained on the movie-review part of the training split alone
-            movie_only = {
-                **splits,
-                "train": (splits["train"][0][:movie_train], splits["train"][1][:movie_train]),
-            }
-            only = logistic_regression_baseline(movie_only, len(vocabulary), config.training.seed)
+            only = logistic_regression_baseline(
+                movie_only_splits(data), len(vocabulary), config.training.seed
+            )
             metrics.update({k.replace("logreg", "logreg_movies_only"): v for k, v in only.items()})
         notes = {
             "streaming": "the output at step t classifies the words up to t; read the last step",
@@ -143,3 +182,34 @@ def served_metrics(
         "test_text_accuracy": result["accuracy"],
         "test_text_tokenisation_differs": result["tokenisation_differs"],
     }
+
+
+def paired_significance(config: RunConfig, repository: Path) -> dict[str, float]:
+    """The shipped model against both bag-of-words baselines on the test split, paired.
+
+    The shipped ONNX model is run as `served_metrics` runs it (raw text through the server's text
+    path, so its accuracy is the manifest's test accuracy); the two baselines are refitted exactly
+    as `build`'s `finish` fits them (same splits, seed and L2 grid). For each baseline: the
+    discordant counts (model right and baseline wrong, and the reverse) and the exact two-sided
+    McNemar p-value.
+    """
+    torch.set_num_threads(1)
+    data = load_data(config)
+    test = data.examples["test"]
+    model_correct = classifier_correct(
+        ServedModel.load(repository / config.name), [e.text for e in test], [e.label for e in test]
+    )
+    metrics: dict[str, float] = {"test_accuracy": sum(model_correct) / len(model_correct)}
+    baselines = {"bow_logreg": data.splits}
+    if data.extra:
+        baselines["bow_logreg_movies_only"] = movie_only_splits(data)
+    for name, splits in baselines.items():
+        fitted, correct = logistic_regression_fit(
+            splits, len(data.vocabulary), config.training.seed
+        )
+        pair = paired_comparison(model_correct, correct)
+        metrics[f"baseline_{name}_test_accuracy"] = fitted["baseline_bow_logreg_test_accuracy"]
+        metrics[f"mcnemar_vs_{name}_model_only"] = pair["first_only"]
+        metrics[f"mcnemar_vs_{name}_baseline_only"] = pair["second_only"]
+        metrics[f"mcnemar_vs_{name}_p_value"] = pair["p_value"]
+    return metrics
