@@ -259,12 +259,20 @@ class InferenceEngine(InferenceCore):
                 run: list[tuple[int, ModelInput]] = []
                 for index, (data, options) in enumerate(messages):
                     try:
-                        check_options(options)
+                        check_options(options)  # its field is already a request path
+                    except InvalidInput as err:
+                        results[index] = err
+                        continue
+                    try:
                         run.append((index, served.validate(data)))
                     except InvalidInput as err:
                         results[index] = err.with_field_prefix(input_field)
                 await self._run_together(served, session, run, messages, results, deadline)
-                return [r for r in results if r is not None]
+                outcomes = []
+                for result in results:
+                    assert result is not None  # every message has its outcome or its error
+                    outcomes.append(result)
+                return outcomes
             finally:
                 self.sessions.release(session)
 

@@ -58,3 +58,13 @@ async def test_a_refused_message_leaves_the_others_running(engine: InferenceEngi
     for data, outcome in ((messages[0][0], first), (messages[2][0], third)):
         expected = await engine.step(apart, ME, data, OutputOptions())
         np.testing.assert_allclose(outcome.outputs[0].tensor, expected.outputs[0].tensor, 1e-6)
+
+
+async def test_a_refused_output_option_names_the_output_field(engine: InferenceEngine) -> None:
+    session = await twin_session(engine, tm.LSTM_LM, PREFIX)
+    bad = OutputOptions(format=OutputFormat.TOP_K, top_k=0)
+    outcomes = await engine.step_many(
+        session, ME, [(tokens(2, 1), bad), (tokens(3, 1), OutputOptions())], input_field="step"
+    )
+    assert isinstance(outcomes[0], InvalidInput) and outcomes[0].field == "output.top_k"
+    assert isinstance(outcomes[1], StepOutcome) and outcomes[1].step_count == len(PREFIX) + 1
