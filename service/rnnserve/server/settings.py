@@ -55,6 +55,68 @@ class Settings(BaseSettings):
     snapshot_secret: SecretStr | None = Field(
         default=None, description="If set, snapshots are HMAC-SHA256 signed and verified with it."
     )
+    snapshot_secret_file: Path | None = Field(
+        default=None,
+        description="File whose content (stripped) is the snapshot secret; wins over the value.",
+    )
+    # ---- security: TLS, authentication (README "Security") ------------------------------------
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM server certificate (chain); with tls_key_file turns on TLS."
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: when set, clients must present a certificate it signed (mTLS).",
+    )
+    auth_tokens_file: Path | None = Field(
+        default=None,
+        description="File of `sha256:<hex> <principal>` lines (token hashes, never tokens).",
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Allow a non-loopback listener with no authentication (an explicit opt-in).",
+    )
+    auth_open_health: bool = Field(
+        default=True, description="Health checks need no token (probes, load balancers)."
+    )
+    auth_open_reflection: bool = Field(
+        default=True, description="Server reflection needs no token (grpcurl without a .proto)."
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address the metrics endpoint binds (loopback by default)."
+    )
+    metrics_auth: bool = Field(
+        default=False, description="The metrics endpoint asks for the same bearer tokens."
+    )
+    # ---- bounded work: checked before any decoding ---------------------------------------------
+    max_text_bytes: int = Field(
+        default=65_536, gt=0, description="Most UTF-8 bytes of text per message or prompt."
+    )
+    max_predict_sequences: int = Field(
+        default=1024, gt=0, description="Most sequences one Predict may carry."
+    )
+    max_stop_strings: int = Field(default=16, ge=0, description="Most stop strings per Generate.")
+    max_stop_string_bytes: int = Field(
+        default=256, gt=0, description="Longest stop string (UTF-8 bytes)."
+    )
+    max_id_length: int = Field(
+        default=128, gt=0, description="Longest session, sequence or client id (characters)."
+    )
+    max_metadata_bytes: int = Field(
+        default=16_384, gt=0, description="Most bytes of request metadata (headers) per call."
+    )
+    # ---- fairness -------------------------------------------------------------------------------
+    max_sessions_per_principal: int = Field(
+        default=100_000, gt=0, description="Most live sessions one principal may hold."
+    )
+    max_calls_per_principal: int = Field(
+        default=1024, gt=0, description="Most concurrent calls (streams included) per principal."
+    )
+    generate_write_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A Generate whose client reads nothing for this long is ended.",
+    )
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="Drain time on SIGTERM.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Least severe log level written."
