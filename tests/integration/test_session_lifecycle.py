@@ -141,7 +141,7 @@ async def test_stream_resumes_a_session_by_id(rpc: Running) -> None:
     assert replies[0].session.session_id == a and replies[0].session.step_count == 2
     assert replies[1].result.step_count == 3
     denied = [r async for r in rpc.stub.Stream(requests(), metadata=identity("mallory"))]
-    assert denied[0].error.code_name == "PERMISSION_DENIED"
+    assert denied[0].error.code_name == "NOT_FOUND"
     assert denied[0].error.field == "open.session_id"
 
 

@@ -112,5 +112,5 @@ async def test_restart_with_snapshot_dir_continues_identically(
         assert resumed.step_count == len(PREFIX) + len(NEXT)
         # Ownership survives the restart too.
         err = await expect_error(step(after.stub, gru, tokens([1]), who="alice"))
-        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert err.code() == grpc.StatusCode.NOT_FOUND
         assert (await step(after.stub, gru, tokens([1]), who="bob")).step_count == 3

@@ -92,7 +92,11 @@ class AlreadyExists(RnnServeError):
 
 
 class PermissionDenied(RnnServeError):
-    """The session belongs to another client identity (``x-client-id``)."""
+    """The caller may not do this (PERMISSION_DENIED).
+
+    Not used for sessions: another identity's session answers :class:`NotFound`, exactly as an
+    unknown one does.
+    """
 
     code = grpc.StatusCode.PERMISSION_DENIED
 

@@ -22,6 +22,7 @@ from rnnserve.server.domain import (
 from rnnserve.server.errors import InvalidInput, RnnServeError, ShuttingDown
 from rnnserve.server.generation import Generation
 from rnnserve.server.inputs import ModelInput
+from rnnserve.server.logs import safe, short_id
 from rnnserve.server.persistence import SessionPersistence
 from rnnserve.server.postprocess import build_outputs, check_options
 from rnnserve.server.registry import ModelRegistry, ServedModel
@@ -45,7 +46,10 @@ class InferenceEngine(InferenceCore):
         self.settings = settings
         self.registry = ModelRegistry(settings)
         self.sessions = SessionManager(
-            self.registry.stores, ttl_s=settings.session_ttl_s, max_sessions=settings.max_sessions
+            self.registry.stores,
+            ttl_s=settings.session_ttl_s,
+            max_sessions=settings.max_sessions,
+            max_sessions_per_principal=settings.max_sessions_per_principal,
         )
         secret = settings.snapshot_secret
         self.persistence = SessionPersistence(
@@ -135,9 +139,8 @@ class InferenceEngine(InferenceCore):
             served = self.registry.resolve(name, version)
             served.require_streamable()
             session = self.sessions.create(name, served.model.version, identity)
-            log.info(
-                "session %s created on %s for %s", session.session_id, served.model.key, identity
-            )
+            # INFO shows the id's prefix and no owner: the log is no list of who holds which id.
+            log.info("session %s created on %s", short_id(session.session_id), served.model.key)
             return self.sessions.view(session)
 
     async def open_sequence(
@@ -156,11 +159,10 @@ class InferenceEngine(InferenceCore):
                 return self.sessions.view(self.sessions.find_sequence(identity, name, sequence))
             session = self.sessions.create(name, served.model.version, identity, sequence=sequence)
             log.info(
-                "session %s opened for sequence %s on %s for %s",
-                session.session_id,
-                sequence,
+                "session %s opened for sequence %s on %s",
+                short_id(session.session_id),
+                safe(sequence),
                 served.model.key,
-                identity,
             )
             return self.sessions.view(session)
 

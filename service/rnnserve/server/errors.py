@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rnnserve.server.logs import safe, short_id
+
 
 class RnnServeError(Exception):
     """Base of every error the core raises on purpose; `field` names the request field at fault."""
@@ -26,7 +28,11 @@ class InvalidInput(RnnServeError):
 
 
 class SequenceNotStarted(InvalidInput):
-    """A request continues a client-named sequence that has no live session (Triton's rule)."""
+    """A request continues a client-named sequence that has no live session (Triton's rule).
+
+    Sequences are scoped to their caller, so `reason` (why the sequence is gone) only ever
+    reaches the identity that owned it.
+    """
 
     def __init__(self, sequence: str, model: str, reason: str = "unknown") -> None:
         why = {
@@ -34,10 +40,10 @@ class SequenceNotStarted(InvalidInput):
             "expired": " (it expired after being idle longer than its TTL)",
             "closed": " (it was ended)",
             "evicted": " (it was evicted)",
-        }.get(reason, f" ({reason})")
+        }.get(reason, f" ({safe(reason)})")
         super().__init__(
-            f"inference request for sequence {sequence} to model {model!r} must specify the "
-            f"START flag on the first request of the sequence{why}",
+            f"inference request for sequence {safe(sequence)} to model '{safe(model)}' must "
+            f"specify the START flag on the first request of the sequence{why}",
             field="parameters.sequence_start",
         )
         self.reason = reason
@@ -48,24 +54,24 @@ class ModelNotFound(RnnServeError):
 
 
 class SessionNotFound(RnnServeError):
-    """The session does not exist; `reason` is one of unknown, expired, evicted, closed."""
+    """No live session of this id for the caller.
 
-    def __init__(self, session_id: str, reason: str = "unknown") -> None:
+    `reason` (expired, evicted, closed) says why a session is gone, and is given only to the
+    identity that owned it. Anyone else — and anyone asking for an id that never existed — gets
+    the same message with no reason, so an error never tells whether someone else's session
+    exists (no existence oracle).
+    """
+
+    def __init__(self, session_id: str, reason: str | None = None) -> None:
         messages = {
-            "unknown": "does not exist on this server",
             "expired": "expired after being idle longer than its TTL",
             "evicted": "was evicted to make room for new sessions",
             "closed": "was closed",
         }
-        super().__init__(
-            f"session {session_id!r} {messages.get(reason, reason)}", field="session_id"
-        )
+        why = "not found" if reason is None else messages.get(reason, safe(reason))
+        super().__init__(f"session '{short_id(session_id)}' {why}", field="session_id")
         self.session_id = session_id
         self.reason = reason
-
-
-class SessionPermissionDenied(RnnServeError):
-    """The session belongs to another identity."""
 
 
 class ModelNotStreamable(RnnServeError):
@@ -81,7 +87,7 @@ class SessionBusy(RnnServeError):
 
 
 class CapacityExceeded(RnnServeError):
-    """No room for another session (max_sessions reached, none reclaimable)."""
+    """No room for another session (max_sessions, or the caller's max_sessions_per_principal)."""
 
 
 class Overloaded(RnnServeError):

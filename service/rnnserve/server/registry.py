@@ -15,6 +15,7 @@ from rnnserve.server.errors import (
     NotALanguageModel,
 )
 from rnnserve.server.inputs import ModelInput, TextCodec, validate_input
+from rnnserve.server.logs import safe
 from rnnserve.server.manifest import ModelManifest, TokenInput
 from rnnserve.server.repository import ModelRepository
 from rnnserve.server.runtime import OnnxModel
@@ -150,13 +151,14 @@ class ModelRegistry:
         """The served version (0 = latest); ModelNotFound with the field at fault otherwise."""
         versions = self._models.get(name)
         if versions is None:
-            raise ModelNotFound(
-                f"model {name!r} is not served (served: {sorted(self._models)})", field="model.name"
+            raise ModelNotFound(  # the name is the client's: made safe to echo and log
+                f"model '{safe(name)}' is not served (served: {sorted(self._models)})",
+                field="model.name",
             )
         number = version or max(versions)
         if number not in versions:
             raise ModelNotFound(
-                f"model {name!r} has no version {version} (served: {sorted(versions)})",
+                f"model '{safe(name)}' has no version {version} (served: {sorted(versions)})",
                 field="model.version",
             )
         return versions[number]

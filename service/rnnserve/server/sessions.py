@@ -7,9 +7,10 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from rnnserve.server import metrics
 from rnnserve.server.domain import SessionView
@@ -18,8 +19,8 @@ from rnnserve.server.errors import (
     SequenceNotStarted,
     SessionBusy,
     SessionNotFound,
-    SessionPermissionDenied,
 )
+from rnnserve.server.logs import short_id
 from rnnserve.server.state_store import StateStore
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,21 @@ SequenceKey = tuple[str, str, str]
 
 # Why a session is gone, remembered for this many recent ids (bounded memory).
 TOMBSTONES = 65_536
+# An identity is "<principal>" or "<principal>/<sub-identity>" (the transport's x-client-id under
+# an authenticated principal); the per-principal session cap counts by the part before this.
+PRINCIPAL_SEPARATOR = "/"
+
+
+def principal_of(identity: str) -> str:
+    """The principal an identity belongs to: "alice/worker-3" -> "alice"."""
+    return identity.partition(PRINCIPAL_SEPARATOR)[0]
+
+
+class Tombstone(NamedTuple):
+    """Why a session (or a sequence) is gone, and who owned it: only the owner is told why."""
+
+    reason: str
+    owner: str
 
 
 @dataclass(slots=True, eq=False)
@@ -80,17 +96,21 @@ class SessionManager:
         *,
         ttl_s: float,
         max_sessions: int,
+        max_sessions_per_principal: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._stores = stores
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
+        self.max_sessions_per_principal = max_sessions_per_principal or max_sessions
         self._clock = clock
         self._wall = wall_clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()
-        self._tombstones: OrderedDict[str, str] = OrderedDict()
+        self._tombstones: OrderedDict[str, Tombstone] = OrderedDict()
         self._sequences: dict[SequenceKey, Session] = {}
+        # Live sessions per principal; a principal with none has no entry (bounded memory).
+        self._per_principal: Counter[str] = Counter()
         self._reaper: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -99,6 +119,10 @@ class SessionManager:
     def live(self) -> Iterator[Session]:
         """Every live session (a snapshot of the list, safe to mutate the manager meanwhile)."""
         return iter(list(self._sessions.values()))
+
+    def count_of(self, principal: str) -> int:
+        """How many live sessions `principal` holds (all its sub-identities together)."""
+        return self._per_principal.get(principal, 0)
 
     def create(
         self,
@@ -113,19 +137,19 @@ class SessionManager:
         """A new session with the initial state (ids are 192-bit random, URL-safe).
 
         With `sequence`, the session is also found by the client's sequence id (`find_sequence`);
-        an earlier live session of the same sequence is closed: a sequence restarts.
+        an earlier live session of the same sequence is closed: a sequence restarts (and its slot
+        counts for the new one). CapacityExceeded when the server holds `max_sessions`, or the
+        identity's principal `max_sessions_per_principal`, and no expired session makes room.
         """
-        if len(self._sessions) >= self.max_sessions:
-            self.reap(reason="reclaimed", limit=1)
-        if len(self._sessions) >= self.max_sessions:
-            raise CapacityExceeded(
-                f"the server holds its maximum of {self.max_sessions} sessions; close one or retry "
-                "after some expire"
-            )
+        if session_id is not None and session_id in self._sessions:
+            raise ValueError(f"session id {short_id(session_id)} already exists")
+        if sequence is not None:
+            earlier = self._sequences.get((identity, model, sequence))
+            if earlier is not None:
+                self._remove(earlier, "closed")
+        self._make_room(principal_of(identity))
         if session_id is None:
             session_id = secrets.token_urlsafe(24)
-        elif session_id in self._sessions:
-            raise ValueError(f"session id {session_id!r} already exists")
         store = self._stores[(model, version)]
         session = Session(
             session_id=session_id,
@@ -139,43 +163,64 @@ class SessionManager:
             sequence=sequence,
         )
         self._sessions[session_id] = session
+        self._per_principal[principal_of(identity)] += 1
         self._tombstones.pop(session_id, None)
         if sequence is not None:
             key = (identity, model, sequence)
-            earlier = self._sequences.get(key)
-            if earlier is not None:
-                self._remove(earlier, "closed")
             self._sequences[key] = session
             self._tombstones.pop(_sequence_tombstone(key), None)
         metrics.ACTIVE_SESSIONS.labels(model).inc()
         metrics.STATE_BYTES.labels(model).inc(store.slot_bytes)
         return session
 
+    def _make_room(self, principal: str) -> None:
+        """Refuse a new session of `principal` unless both caps leave room (after reclaiming)."""
+        if len(self._sessions) >= self.max_sessions:
+            self.reap(reason="reclaimed", limit=1)
+        if len(self._sessions) >= self.max_sessions:
+            raise CapacityExceeded(
+                f"the server holds its maximum of {self.max_sessions} sessions; close one or retry "
+                "after some expire"
+            )
+        cap = self.max_sessions_per_principal
+        if self._per_principal.get(principal, 0) >= cap:
+            self.reap()  # the principal's own idle-expired sessions may not be reaped yet
+        if self._per_principal.get(principal, 0) >= cap:
+            raise CapacityExceeded(
+                f"this principal holds its maximum of {cap} live sessions "
+                "(max_sessions_per_principal); close one or retry after some expire"
+            )
+
     def get(self, session_id: str, identity: str) -> Session:
-        """The live session, if `identity` owns it; else SessionNotFound (with why) or denied."""
+        """The live session, if `identity` owns it; else SessionNotFound.
+
+        Only the owner learns why a session is gone (closed, expired, evicted); an unknown id, a
+        gone session of someone else and another identity's live session all answer the same.
+        """
         session = self._sessions.get(session_id)
-        if session is None:
-            raise SessionNotFound(session_id, self._tombstones.get(session_id, "unknown"))
+        if session is None or session.identity != identity:
+            tombstone = self._tombstones.get(session_id) if session is None else None
+            if tombstone is not None and tombstone.owner == identity:
+                raise SessionNotFound(session_id, tombstone.reason)
+            raise SessionNotFound(session_id)
         if not session.busy and self._clock() - session.last_used > self.ttl_s:
             self._remove(session, "expired")
             raise SessionNotFound(session_id, "expired")
-        if session.identity != identity:
-            raise SessionPermissionDenied(
-                f"session {session_id!r} belongs to another client identity", field="session_id"
-            )
         return session
 
     def find_sequence(self, identity: str, model: str, sequence: str) -> Session:
         """The live session of a client's sequence; SequenceNotStarted (saying why) if none."""
         key = (identity, model, sequence)
         session = self._sequences.get(key)
-        reason = self._tombstones.get(_sequence_tombstone(key), "unknown")
+        # The key holds the identity: a sequence's tombstone is only ever read by its owner.
+        tombstone = self._tombstones.get(_sequence_tombstone(key))
+        reason = tombstone.reason if tombstone is not None else None
         if session is not None:
             try:
                 return self.get(session.session_id, identity)
             except SessionNotFound as err:
                 reason = err.reason
-        raise SequenceNotStarted(sequence, model, reason)
+        raise SequenceNotStarted(sequence, model, reason or "unknown")
 
     def acquire(
         self, session_id: str, identity: str, expected_step_count: int | None = None
@@ -184,14 +229,14 @@ class SessionManager:
         session = self.get(session_id, identity)
         if session.busy:
             raise SessionBusy(
-                f"session {session_id!r} is already running a step; send the next step after the "
-                "previous reply",
+                f"session '{short_id(session_id)}' is already running a step; send the next step "
+                "after the previous reply",
                 field="session_id",
             )
         if expected_step_count is not None and expected_step_count != session.step_count:
             raise SessionBusy(
                 f"out of order: the message expects step count {expected_step_count}, session "
-                f"{session_id!r} is at {session.step_count}",
+                f"'{short_id(session_id)}' is at {session.step_count}",
                 field="expected_step_count",
             )
         session.busy = True
@@ -227,23 +272,28 @@ class SessionManager:
         """Drop a session; `reason` is what its owner is told, `counted_as` the metric label."""
         del self._sessions[session.session_id]
         session.closed = True
+        principal = principal_of(session.identity)
+        self._per_principal[principal] -= 1
+        if self._per_principal[principal] <= 0:
+            del self._per_principal[principal]
+        tombstone = Tombstone(reason, session.identity)
         if session.sequence is not None:
             key = (session.identity, session.model, session.sequence)
             if self._sequences.get(key) is session:
                 del self._sequences[key]
-                self._remember(_sequence_tombstone(key), reason)
+                self._remember(_sequence_tombstone(key), tombstone)
         if not session.busy:
             session.store.release(session.slot)
-        self._remember(session.session_id, reason)
+        self._remember(session.session_id, tombstone)
         metrics.ACTIVE_SESSIONS.labels(session.model).dec()
         metrics.STATE_BYTES.labels(session.model).dec(session.store.slot_bytes)
         if reason != "closed":
             metrics.EVICTIONS.labels(counted_as or reason).inc()
-        log.info("session %s %s", session.session_id, reason)
+        log.info("session %s %s", short_id(session.session_id), reason)
 
-    def _remember(self, key: str, reason: str) -> None:
+    def _remember(self, key: str, tombstone: Tombstone) -> None:
         """Keep why a session (or a sequence) is gone, for the most recent TOMBSTONES of them."""
-        self._tombstones[key] = reason
+        self._tombstones[key] = tombstone
         if len(self._tombstones) > TOMBSTONES:
             self._tombstones.popitem(last=False)
 

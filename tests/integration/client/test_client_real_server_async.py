@@ -16,7 +16,6 @@ from rnnserve.client import (
     FinishReason,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
     StepOutput,
 )
 from tiny_models import GRU_LM, LM_VOCABULARY, LSTM_LM, RNN_LM, TAGGER, run_whole_sequence
@@ -117,6 +116,6 @@ async def test_generation_cancel_stops_the_server_promptly(client: AsyncClient) 
 async def test_identity_is_enforced_across_clients(server: ServerThread) -> None:
     async with AsyncClient(server.target, client_id="alice") as alice:
         session = await alice.session(RNN_LM)
-        with Client(server.target, client_id="bob") as bob, pytest.raises(PermissionDenied):
+        with Client(server.target, client_id="bob") as bob, pytest.raises(NotFound):
             bob.attach(session.session_id)
         await session.close()

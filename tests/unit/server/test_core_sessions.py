@@ -18,7 +18,6 @@ from rnnserve.server.errors import (
     Overloaded,
     SessionBusy,
     SessionNotFound,
-    SessionPermissionDenied,
     ShuttingDown,
 )
 from rnnserve.server.manifest import StateSpec
@@ -92,17 +91,20 @@ async def test_closed_session_says_closed(engine: InferenceEngine) -> None:
         assert caught.value.reason == "closed"
     with pytest.raises(SessionNotFound) as caught:
         await engine.get_session("never-existed", ME)
-    assert caught.value.reason == "unknown"
+    assert caught.value.reason is None and caught.value.message.endswith("not found")
 
 
-async def test_another_identity_is_denied(engine: InferenceEngine) -> None:
+async def test_another_identity_finds_no_session(engine: InferenceEngine) -> None:
     session = await twin_session(engine, tm.RNN_LM, PREFIX)
-    with pytest.raises(SessionPermissionDenied):
-        await engine.step(session, "mallory", NEXT, OutputOptions())
-    with pytest.raises(SessionPermissionDenied):
-        await engine.close_session(session, "mallory")
-    with pytest.raises(SessionPermissionDenied):
-        await engine.export_state(session, "mallory")
+    for call in (
+        engine.step(session, "mallory", NEXT, OutputOptions()),
+        engine.close_session(session, "mallory"),
+        engine.export_state(session, "mallory"),
+        engine.reset_session(session, "mallory"),
+    ):
+        with pytest.raises(SessionNotFound) as caught:
+            await call
+        assert caught.value.reason is None
     assert (await engine.get_session(session, ME)).step_count == len(PREFIX)
 
 

@@ -13,7 +13,7 @@ from helpers_core import ME, feed, tokens, twin_session
 from rnnserve.server import snapshot
 from rnnserve.server.domain import OutputOptions
 from rnnserve.server.engine import InferenceEngine
-from rnnserve.server.errors import InvalidSnapshot, SessionNotFound, SessionPermissionDenied
+from rnnserve.server.errors import InvalidSnapshot, SessionNotFound
 
 PREFIX = tokens(40, 7)
 REST = tokens(41, 6)
@@ -171,7 +171,7 @@ async def test_stop_and_start_with_a_snapshot_dir_continues_identically(
         rows = await feed(second, session, REST)
         whole = tm.run_whole_sequence(tiny_repository / model, np.concatenate([PREFIX, REST]))
         np.testing.assert_allclose(rows, whole["logits"][len(PREFIX) :], atol=1e-5)
-    with pytest.raises(SessionPermissionDenied):
+    with pytest.raises(SessionNotFound):  # the restored owner, not just anyone
         await second.get_session(ids[tm.RNN_LM], "mallory")
     with pytest.raises(SessionNotFound):
         await second.get_session(closed, ME)

@@ -74,7 +74,6 @@ EXPECTED = {
     "SessionBusy": "ABORTED",
     "CapacityExceeded": "RESOURCE_EXHAUSTED",
     "Overloaded": "RESOURCE_EXHAUSTED",
-    "SessionPermissionDenied": "PERMISSION_DENIED",
     "DeadlineExceeded": "DEADLINE_EXCEEDED",
     "ShuttingDown": "UNAVAILABLE",
 }

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 ERROR_DOMAIN = "rnnserve.v1"
 RETRY_AFTER_KEY = "retry-after-ms"
 INTERNAL_MESSAGE = "internal error"
+# Client strings in messages are capped where they are built (logs.safe); this backstop keeps any
+# message well inside gRPC's metadata limit (8 KiB by default) and a log line short.
+MAX_MESSAGE_CHARS = 1024
 
 
 class StreamProtocolError(domain.RnnServeError):
@@ -45,7 +48,6 @@ ERROR_TABLE: dict[type[domain.RnnServeError], grpc.StatusCode] = {
     domain.SessionBusy: grpc.StatusCode.ABORTED,
     domain.CapacityExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     domain.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    domain.SessionPermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     domain.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     domain.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     StreamProtocolError: grpc.StatusCode.FAILED_PRECONDITION,
@@ -78,6 +80,8 @@ def describe(err: BaseException, request_id: str | None = None) -> Failure:
             code = ERROR_TABLE.get(cast(type[domain.RnnServeError], cls))
             if code is not None:
                 message = f"{err.field}: {err.message}" if err.field else err.message
+                if len(message) > MAX_MESSAGE_CHARS:
+                    message = message[:MAX_MESSAGE_CHARS] + "…"
                 retry = (
                     getattr(err, "retry_after_s", 0.0) if code.name == "RESOURCE_EXHAUSTED" else 0
                 )
