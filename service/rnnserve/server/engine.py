@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import numpy as np
+from rnnserve.server import snapshot_files, snapshot_signing
 from rnnserve.server.core import InferenceCore
 from rnnserve.server.domain import (
     GeneratedToken,
@@ -51,11 +52,15 @@ class InferenceEngine(InferenceCore):
             max_sessions=settings.max_sessions,
             max_sessions_per_principal=settings.max_sessions_per_principal,
         )
-        secret = settings.snapshot_secret
+        # Read once, here: an unusable secret file, or an exposed server that would keep unsigned
+        # snapshots, stops the start (SecurityConfigError) instead of surfacing later.
+        secret = snapshot_signing.signing_secret(settings)
+        snapshot_signing.check_secret_policy(settings, secret)
         self.persistence = SessionPersistence(
             self.registry,
             self.sessions,
-            secret.get_secret_value().encode() if secret is not None else None,
+            secret,
+            require_secret=snapshot_signing.is_exposed(settings),
         )
         self.generation = Generation(
             self.registry,
@@ -70,14 +75,25 @@ class InferenceEngine(InferenceCore):
     # Lifecycle.
 
     async def start(self) -> None:
-        """Load the models, start the schedulers and the reaper, restore saved sessions."""
+        """Load the models, start the schedulers and the reaper, restore saved sessions.
+
+        A snapshot_dir the server cannot write fails here, before the models load, and not at
+        shutdown when every session would be lost.
+        """
+        if self.settings.snapshot_dir is not None:
+            await asyncio.to_thread(snapshot_files.probe_writable, self.settings.snapshot_dir)
         await self.registry.load()
         self.sessions.start_reaper()
+        kept = 0
         if self.settings.snapshot_dir is not None:
-            await self.persistence.restore(self.settings.snapshot_dir)
+            report = await self.persistence.restore(self.settings.snapshot_dir)
+            kept = sum(report.kept.values())
         self._started = True
         log.info(
-            "engine ready: %d models, %d sessions restored", len(self.registry), len(self.sessions)
+            "engine ready: %d models, %d sessions restored, %d kept aside",
+            len(self.registry),
+            len(self.sessions),
+            kept,
         )
 
     async def stop(self, grace_s: float) -> None:

@@ -99,7 +99,21 @@ class Overloaded(RnnServeError):
 
 
 class InvalidSnapshot(RnnServeError):
-    """A snapshot is corrupted, forged, of an unknown format, or for another model/weights."""
+    """A snapshot is corrupted, forged, of an unknown format, or for another model/weights.
+
+    `reason` says which: format (not ours, or another format version), corrupt (checksum,
+    truncation, a header field out of bounds), signature (unsigned where a signature is required,
+    or signed with another secret), model (a model, version, weights or state shapes this server
+    does not serve).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, reason: str = "corrupt") -> None:
+        super().__init__(message, field=field)
+        self.reason = reason
+
+
+class SnapshotSecretRequired(RnnServeError):
+    """A snapshot import on an exposed server (not loopback) that has no signing secret."""
 
 
 class DeadlineExceeded(RnnServeError):

@@ -58,7 +58,14 @@ ACTIVE_SESSIONS = Gauge("rnnserve_active_sessions", "Live sessions.", ["model"])
 EVICTIONS = Counter(
     "rnnserve_session_evictions_total",
     "Sessions removed other than by close: expired (idle TTL), reclaimed (expired, freed for a new "
-    "session), dropped (not restorable at start).",
+    "session).",
+    ["reason"],
+)
+SNAPSHOT_UNRESTORED = Counter(
+    "rnnserve_snapshot_unrestored_total",
+    "Saved sessions this start could not restore and kept aside in snapshot_dir (retried at every "
+    "start), by reason: signature, model, capacity, corrupt, format, other; unreadable counts "
+    "whole files moved aside.",
     ["reason"],
 )
 STATE_BYTES = Gauge(

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from rnnserve.server import metrics, snapshot
-from rnnserve.server.errors import InvalidSnapshot, RnnServeError
+from rnnserve.server import metrics, snapshot, snapshot_files
+from rnnserve.server.errors import (
+    CapacityExceeded,
+    InvalidSnapshot,
+    ModelNotStreamable,
+    RnnServeError,
+    SnapshotSecretRequired,
+)
 from rnnserve.server.registry import ModelRegistry, ServedModel
 from rnnserve.server.sessions import Session, SessionManager
 from rnnserve.server.state_store import SlotState
@@ -20,15 +28,22 @@ class SessionPersistence:
 
     An exported snapshot carries no owner: whoever imports it owns the new session. The file
     saved at shutdown keeps each session's id, owner and creation time, so that a restart
-    restores them as they were.
+    restores them as they were. `require_secret` (an exposed server) refuses imports while no
+    signing secret is configured: unsigned snapshots can be forged.
     """
 
     def __init__(
-        self, registry: ModelRegistry, sessions: SessionManager, secret: bytes | None
+        self,
+        registry: ModelRegistry,
+        sessions: SessionManager,
+        secret: bytes | None,
+        *,
+        require_secret: bool = False,
     ) -> None:
         self._registry = registry
         self._sessions = sessions
         self._secret = secret
+        self._require_secret = require_secret
 
     def export(self, session: Session, *, with_identity: bool = False) -> bytes:
         """The session's snapshot, bound to its model version and weights."""
@@ -55,6 +70,12 @@ class SessionPersistence:
 
     def load(self, data: bytes, identity: str) -> Session:
         """A new session owned by `identity`, continuing from an exported snapshot."""
+        if self._secret is None and self._require_secret:
+            raise SnapshotSecretRequired(
+                "snapshot import needs a signing secret on an exposed server; its operator sets "
+                "one with snapshot_secret_file",
+                field="snapshot",
+            )
         return self._admit(snapshot.decode(data, self._secret), identity)
 
     def _admit(self, decoded: snapshot.Snapshot, identity: str, *, saved: bool = False) -> Session:
@@ -85,6 +106,7 @@ class SessionPersistence:
                 f"snapshot is for model {decoded.model!r} version {decoded.version}, which this "
                 "server does not serve",
                 field="snapshot",
+                reason="model",
             )
         snapshot.check_matches(
             decoded,
@@ -101,38 +123,98 @@ class SessionPersistence:
                     f"snapshot's last output has shape {list(decoded.last_output.shape)}; the "
                     f"model expects {want}",
                     field="snapshot",
+                    reason="model",
                 )
         return served
 
     async def save(self, directory: Path) -> None:
         """Write every live session, with its id and owner, to the directory's sessions file."""
         blobs = [self.export(s, with_identity=True) for s in self._sessions.live()]
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / snapshot.FILE_NAME
-        count = await asyncio.to_thread(snapshot.write_file, path, blobs)
+        count, path = await asyncio.to_thread(snapshot_files.save, directory, blobs)
         log.info("saved %d sessions to %s", count, path)
 
-    async def restore(self, directory: Path) -> None:
-        """Bring back the sessions saved by `save`, then delete the file (they live in memory)."""
-        path = directory / snapshot.FILE_NAME
-        if not path.is_file():
-            return
-        try:
-            blobs = await asyncio.to_thread(snapshot.read_file, path)
-        except (OSError, InvalidSnapshot) as err:
-            log.error("cannot read saved sessions %s: %s; starting without them", path, err)
-            path.replace(path.with_name(path.name + ".unreadable"))
-            return
-        restored = 0
-        for blob in blobs:
+    async def restore(self, directory: Path) -> RestoreReport:
+        """Bring back the sessions saved by `save`, and those earlier starts kept aside.
+
+        A session that cannot be restored now (bad signature, a model not served, no room, ...)
+        is never lost: it goes into a new kept-aside file, which every later start retries, so a
+        restart with the right secret and models brings it back. Files are removed only once
+        every session in them is live or kept aside again (a second start must not restore stale
+        copies of sessions that live on in memory now).
+        """
+        report = RestoreReport()
+        kept: list[bytes] = []
+        consumed: list[Path] = []
+        seen: set[str] = set()
+        for path in await asyncio.to_thread(snapshot_files.sources, directory):
             try:
-                decoded = snapshot.decode(blob, self._secret)
-                owner = decoded.session.identity if decoded.session else ""
-                self._admit(decoded, owner, saved=True)
-                restored += 1
-            except (RnnServeError, ValueError) as err:
-                metrics.EVICTIONS.labels("dropped").inc()
-                log.warning("a saved session was not restored: %s", err)
-        # A second start must not restore stale copies of sessions that live on in memory now.
-        path.unlink()
-        log.info("restored %d of %d saved sessions from %s", restored, len(blobs), path)
+                blobs = await asyncio.to_thread(snapshot.read_file, path)
+            except (OSError, InvalidSnapshot) as err:
+                moved = await asyncio.to_thread(snapshot_files.set_aside_unreadable, path)
+                report.unreadable.append(moved)
+                metrics.SNAPSHOT_UNRESTORED.labels("unreadable").inc()
+                log.warning("cannot read saved sessions %s (%s); moved it to %s", path, err, moved)
+                continue
+            consumed.append(path)
+            for blob in blobs:
+                reason = self._restore_saved(blob, seen)
+                if reason is None:
+                    report.restored += 1
+                elif reason != "duplicate":
+                    kept.append(blob)
+                    report.kept[reason] += 1
+        if kept:
+            report.kept_in = await asyncio.to_thread(snapshot_files.keep_aside, directory, kept)
+            for reason, count in report.kept.items():
+                metrics.SNAPSHOT_UNRESTORED.labels(reason).inc(count)
+            log.warning(
+                "%d saved sessions were not restored (%s); kept in %s: every start retries them, "
+                "so a start with the snapshot secret and models they were saved with restores them",
+                len(kept),
+                ", ".join(f"{count} {reason}" for reason, count in sorted(report.kept.items())),
+                report.kept_in,
+            )
+        await asyncio.to_thread(snapshot_files.remove, consumed)
+        if consumed:
+            log.info(
+                "restored %d of %d saved sessions from %s",
+                report.restored,
+                report.restored + len(kept),
+                directory,
+            )
+        return report
+
+    def _restore_saved(self, blob: bytes, seen: set[str]) -> str | None:
+        """Restore one saved session; None when done, else why not (a metric label)."""
+        try:
+            decoded = snapshot.decode(blob, self._secret)
+            record = decoded.session
+            if record is None:
+                raise InvalidSnapshot("saved session has no session record", field="snapshot")
+            if record.session_id in seen:
+                # The same session twice: a start that crashed between writing its kept-aside
+                # file and removing the files it read. The first copy (the newest) won.
+                return "duplicate"
+            self._admit(decoded, record.identity, saved=True)
+            seen.add(record.session_id)
+            return None
+        except InvalidSnapshot as err:
+            log.debug("a saved session was not restored: %s", err)
+            return err.reason
+        except ModelNotStreamable:
+            return "model"
+        except CapacityExceeded:
+            return "capacity"
+        except RnnServeError as err:
+            log.warning("a saved session was not restored: %s", err)
+            return "other"
+
+
+@dataclass
+class RestoreReport:
+    """What a start did with the saved sessions."""
+
+    restored: int = 0
+    kept: Counter[str] = field(default_factory=Counter)  # reason -> sessions kept aside
+    kept_in: Path | None = None
+    unreadable: list[Path] = field(default_factory=list)  # files moved out of the way

@@ -8,7 +8,7 @@ Layout of one snapshot (all integers little-endian):
     header_len u32       length of the header
     header     JSON      utf-8: model, version, weights_sha256, step_count,
                          states [{name, shape, dtype}], optional session {id, identity,
-                         created_at}, optional last_output {shape, dtype}
+                         created_at, sequence?}, optional last_output {shape, dtype}
     states     bytes     each state tensor (shape without the batch axis), float32 "<f4", C order,
                          then the last output (a language model's last logits) if present
     checksum   32 bytes  SHA-256 of everything above
@@ -16,6 +16,9 @@ Layout of one snapshot (all integers little-endian):
 
 The shutdown file (`sessions.rnnsnap` in snapshot_dir) holds many snapshots:
     b"RNNSESS\\0", u32 format, u32 count, then per snapshot u64 length + the snapshot.
+
+`decode` trusts nothing in the header: every field is checked against an exact schema and its
+bounds (MAX_* below) before anything is allocated or stored from it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
+import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -109,145 +114,238 @@ def encode(snapshot: Snapshot, secret: bytes | None = None) -> bytes:
 
 
 def decode(data: bytes, secret: bytes | None = None) -> Snapshot:
-    """Parse and verify a snapshot; InvalidSnapshot says what is wrong with it.
+    """Parse and verify a snapshot; InvalidSnapshot says what is wrong with it (and its `reason`).
 
     With a secret, an unsigned snapshot or a wrong signature is refused; without one, a signature
-    cannot be checked and only the checksum protects against corruption.
+    cannot be checked and only the checksum protects against corruption. Either way every header
+    field is checked against its bounds before anything is allocated from it, so a forged header
+    is refused here and never reaches the session it would have broken.
     """
     if len(data) < _PREFIX.size + _DIGEST:
-        raise InvalidSnapshot(f"snapshot is truncated ({len(data)} bytes)", field="snapshot")
+        raise _invalid(f"snapshot is truncated ({len(data)} bytes)")
     magic, version, flags, header_len = _PREFIX.unpack_from(data)
     if magic != MAGIC:
-        raise InvalidSnapshot("not an rnnserve snapshot (bad magic bytes)", field="snapshot")
+        raise _invalid("not an rnnserve snapshot (bad magic bytes)", "format")
     if version != FORMAT_VERSION:
-        raise InvalidSnapshot(
+        raise _invalid(
             f"snapshot format version {version} is not supported (this server reads "
             f"{FORMAT_VERSION})",
-            field="snapshot",
+            "format",
         )
     if flags & ~FLAG_HMAC:
-        raise InvalidSnapshot(f"snapshot has unknown flags {flags:#x}", field="snapshot")
+        raise _invalid(f"snapshot has unknown flags {flags:#x}", "format")
     signed = bool(flags & FLAG_HMAC)
     trailer = _DIGEST * (2 if signed else 1)
     if header_len > MAX_HEADER_BYTES or _PREFIX.size + header_len + trailer > len(data):
-        raise InvalidSnapshot(
-            "snapshot is truncated or its header length is corrupt", field="snapshot"
-        )
+        raise _invalid("snapshot is truncated or its header length is corrupt")
     end = len(data) - trailer
     if not hmac.compare_digest(hashlib.sha256(data[:end]).digest(), data[end : end + _DIGEST]):
-        raise InvalidSnapshot("snapshot is corrupted (checksum mismatch)", field="snapshot")
+        raise _invalid("snapshot is corrupted (checksum mismatch)")
     if secret is not None:
         if not signed:
-            raise InvalidSnapshot(
+            raise _invalid(
                 "snapshot is not signed, and this server only accepts signed snapshots",
-                field="snapshot",
+                "signature",
             )
         expected = hmac.new(secret, data[: end + _DIGEST], hashlib.sha256).digest()
         if not hmac.compare_digest(expected, data[end + _DIGEST :]):
-            raise InvalidSnapshot(
+            raise _invalid(
                 "snapshot signature does not match (forged, or signed with another secret)",
-                field="snapshot",
+                "signature",
             )
     start = _PREFIX.size
     header = _parse_header(data[start : start + header_len])
-    return _read_states(header, data[start + header_len : end])
+    return _read_states(header, memoryview(data)[start + header_len : end])
 
 
-def _parse_header(raw: bytes) -> dict[str, Any]:
+# ---- header checks: every field bounded before use ----------------------------------------------
+
+# Bounds of the header's fields. Generous for any real session, small enough that nothing derived
+# from a forged header (an allocation, an int64 step counter, a log line) can go wrong.
+MAX_STEP_COUNT = 2**53  # exact as a float; 285 years at a million steps a second
+MAX_VERSION = 2**31 - 1
+MAX_STATES = 64
+MAX_RANK = 8
+MAX_NAME_LENGTH = 256  # state (ONNX tensor) names
+MAX_IDENTITY_LENGTH = 1024  # a saved session's owner and sequence id
+MAX_CREATED_AT = 253_402_300_800.0  # year 10000, seconds since the epoch
+DTYPES = frozenset({"float32"})
+_MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # the manifest's rule for model names
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # server-made ids are URL-safe base64
+
+
+@dataclass(frozen=True)
+class _TensorEntry:
+    """One tensor the payload holds: its name and shape, checked against the bounds."""
+
+    name: str
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)  # Python ints: a forged shape cannot overflow
+
+
+@dataclass(frozen=True)
+class _Header:
+    model: str
+    version: int
+    weights_sha256: str
+    step_count: int
+    states: list[_TensorEntry]
+    last_output: _TensorEntry | None
+    session: SessionIdentity | None
+
+
+def _invalid(message: str, reason: str = "corrupt") -> InvalidSnapshot:
+    return InvalidSnapshot(message, field="snapshot", reason=reason)
+
+
+def _parse_header(raw: bytes) -> _Header:
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InvalidSnapshot(
-            f"snapshot header is not valid JSON: {err}", field="snapshot"
-        ) from err
-    if not isinstance(header, dict):
-        raise InvalidSnapshot("snapshot header is not an object", field="snapshot")
-    expected = {
-        "model": str,
-        "version": int,
-        "weights_sha256": str,
-        "step_count": int,
-        "states": list,
-    }
-    for key, kind in expected.items():
-        if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
-            raise InvalidSnapshot(
-                f"snapshot header field {key!r} is missing or not a {kind.__name__}",
-                field="snapshot",
-            )
-    if header["step_count"] < 0:
-        raise InvalidSnapshot("snapshot step_count is negative", field="snapshot")
-    return header
-
-
-def _read_states(header: dict[str, Any], payload: bytes) -> Snapshot:
-    names: list[str] = []
-    states: list[FloatArray] = []
-    offset = 0
-    entries = list(header["states"])
-    last = header.get("last_output")
-    if last is not None:
-        entries.append({**last, "name": "last_output"} if isinstance(last, dict) else last)
-    for index, entry in enumerate(entries):
-        shape = entry.get("shape") if isinstance(entry, dict) else None
-        if (
-            not isinstance(entry, dict)
-            or not isinstance(entry.get("name"), str)
-            or entry.get("dtype") != "float32"
-            or not isinstance(shape, list)
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-        ):
-            raise InvalidSnapshot(
-                f"snapshot state {index} has a malformed description", field="snapshot"
-            )
-        size = 4 * int(np.prod(shape, dtype=np.int64))
-        if offset + size > len(payload):
-            raise InvalidSnapshot(
-                "snapshot state bytes are shorter than the header says", field="snapshot"
-            )
-        array = np.frombuffer(payload, dtype="<f4", count=size // 4, offset=offset)
-        states.append(array.reshape(shape).astype(np.float32))
-        names.append(entry["name"])
-        offset += size
-    if offset != len(payload):
-        raise InvalidSnapshot("snapshot has trailing bytes after its states", field="snapshot")
-    for name, state in zip(names, states, strict=True):
-        if not np.isfinite(state).all():
-            raise InvalidSnapshot(
-                f"snapshot state {name!r} holds NaN or infinity", field="snapshot"
-            )
-    last_output = None
-    if last is not None:
-        names.pop()
-        last_output = states.pop()
-    session = None
-    raw_session = header.get("session")
-    if isinstance(raw_session, dict):
-        try:
-            session = SessionIdentity(
-                session_id=str(raw_session["id"]),
-                identity=str(raw_session["identity"]),
-                created_at=float(raw_session["created_at"]),
-                sequence=_optional_text(raw_session.get("sequence")),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise InvalidSnapshot("snapshot session record is malformed", field="snapshot") from err
-    return Snapshot(
-        model=header["model"],
-        version=header["version"],
-        weights_sha256=header["weights_sha256"],
-        step_count=header["step_count"],
-        state_names=names,
-        states=states,
-        session=session,
-        last_output=last_output,
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _invalid("snapshot header is not UTF-8") from None
+    try:
+        header = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except ValueError as err:  # JSONDecodeError, a duplicate key, NaN, an int of 5,000 digits
+        raise _invalid(f"snapshot header is not valid JSON: {str(err)[:120]}") from None
+    except RecursionError:
+        # The parser's own depth guard; the schema below allows four levels.
+        raise _invalid("snapshot header is nested too deeply") from None
+    fields = _object(
+        header,
+        "header",
+        required={"model", "version", "weights_sha256", "step_count", "states"},
+        optional={"session", "last_output"},
+    )
+    model = fields["model"]
+    if not isinstance(model, str) or not _MODEL_NAME.fullmatch(model):
+        raise _invalid("snapshot header field 'model' is not a model name")
+    weights = fields["weights_sha256"]
+    if not isinstance(weights, str) or not _SHA256.fullmatch(weights):
+        raise _invalid("snapshot header field 'weights_sha256' is not a sha256 hex digest")
+    states = fields["states"]
+    if not isinstance(states, list) or not 1 <= len(states) <= MAX_STATES:
+        raise _invalid(f"snapshot header field 'states' must list 1 to {MAX_STATES} states")
+    last = fields.get("last_output")
+    return _Header(
+        model=model,
+        version=_integer(fields["version"], "version", 1, MAX_VERSION),
+        weights_sha256=weights,
+        step_count=_integer(fields["step_count"], "step_count", 0, MAX_STEP_COUNT),
+        states=[_tensor(entry, f"states[{i}]", named=True) for i, entry in enumerate(states)],
+        last_output=None if last is None else _tensor(last, "last_output", named=False),
+        session=None if fields.get("session") is None else _session(fields["session"]),
     )
 
 
-def _optional_text(value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise InvalidSnapshot("snapshot session record is malformed", field="snapshot")
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("a key appears twice in one object")
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def _object(
+    value: Any, where: str, *, required: set[str], optional: frozenset[str] | set[str] = frozenset()
+) -> dict[str, Any]:
+    """`value` as an object holding every required key and nothing unknown."""
+    if not isinstance(value, dict):
+        raise _invalid(f"snapshot {where} is not an object")
+    missing = sorted(required - value.keys())
+    unknown = sorted(value.keys() - required - optional)
+    if missing or unknown:
+        what = f"lacks {missing}" if missing else f"has unknown fields {unknown[:4]}"
+        raise _invalid(f"snapshot {where} {what}"[:200])
     return value
+
+
+def _integer(value: Any, where: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise _invalid(f"snapshot header field {where!r} must be an integer in [{low}, {high}]")
+    return value
+
+
+def _text(value: Any, where: str, limit: int) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= limit or not value.isprintable():
+        raise _invalid(f"snapshot {where} must be printable text of 1 to {limit} characters")
+    return value
+
+
+def _tensor(value: Any, where: str, *, named: bool) -> _TensorEntry:
+    keys = {"name", "shape", "dtype"} if named else {"shape", "dtype"}
+    fields = _object(value, where, required=keys)
+    if fields["dtype"] not in DTYPES:
+        raise _invalid(f"snapshot {where}.dtype must be one of {sorted(DTYPES)}")
+    shape = fields["shape"]
+    if not isinstance(shape, list) or not 1 <= len(shape) <= MAX_RANK:
+        raise _invalid(f"snapshot {where}.shape must have 1 to {MAX_RANK} dimensions")
+    dims = tuple(_integer(d, f"{where}.shape", 1, 2**31 - 1) for d in shape)
+    name = _text(fields["name"], f"{where}.name", MAX_NAME_LENGTH) if named else "last_output"
+    return _TensorEntry(name, dims)
+
+
+def _session(value: Any) -> SessionIdentity:
+    fields = _object(
+        value, "session record", required={"id", "identity", "created_at"}, optional={"sequence"}
+    )
+    session_id = fields["id"]
+    if not isinstance(session_id, str) or not _SESSION_ID.fullmatch(session_id):
+        raise _invalid("snapshot session record's id is not a session id")
+    created = fields["created_at"]
+    if (
+        not isinstance(created, (int, float))
+        or isinstance(created, bool)
+        or not 0 <= created <= MAX_CREATED_AT
+    ):
+        raise _invalid("snapshot session record's created_at is not a time")
+    sequence = fields.get("sequence")
+    return SessionIdentity(
+        session_id=session_id,
+        identity=_text(fields["identity"], "session record's identity", MAX_IDENTITY_LENGTH),
+        created_at=float(created),
+        sequence=None
+        if sequence is None
+        else _text(sequence, "session record's sequence", MAX_IDENTITY_LENGTH),
+    )
+
+
+def _read_states(header: _Header, payload: memoryview) -> Snapshot:
+    entries = [*header.states, *([header.last_output] if header.last_output else [])]
+    # Sizes come from bounded ints and are compared with the bytes actually present before
+    # anything is read: a shape whose product overflows int64 is just "too large" here.
+    expected = 4 * sum(entry.size for entry in entries)
+    if expected != len(payload):
+        raise _invalid(
+            f"snapshot state bytes ({len(payload)}) differ from what its header describes "
+            f"({expected if expected < 2**63 else 'more than 2**63'})"
+        )
+    arrays: list[FloatArray] = []
+    offset = 0
+    for entry in entries:
+        count = entry.size
+        array = np.frombuffer(payload, dtype="<f4", count=count, offset=offset)
+        if not np.isfinite(array).all():
+            raise _invalid(f"snapshot state {entry.name!r} holds NaN or infinity")
+        arrays.append(array.reshape(entry.shape).astype(np.float32))
+        offset += 4 * count
+    last_output = arrays.pop() if header.last_output else None
+    return Snapshot(
+        model=header.model,
+        version=header.version,
+        weights_sha256=header.weights_sha256,
+        step_count=header.step_count,
+        state_names=[entry.name for entry in header.states],
+        states=arrays,
+        session=header.session,
+        last_output=last_output,
+    )
 
 
 def check_matches(
@@ -259,18 +357,22 @@ def check_matches(
             f"snapshot is for model {snapshot.model!r} version {snapshot.version}, not "
             f"{model!r} version {version}",
             field="snapshot",
+            reason="model",
         )
     if snapshot.weights_sha256 != weights_sha256:
         raise InvalidSnapshot(
             f"snapshot was taken with other weights of {model!r} version {version} (weights "
             f"sha256 {snapshot.weights_sha256[:12]}..., served {weights_sha256[:12]}...)",
             field="snapshot",
+            reason="model",
         )
     want = [(s.input_name, list(s.shape)) for s in specs]
     have = [(n, list(a.shape)) for n, a in zip(snapshot.state_names, snapshot.states, strict=True)]
     if want != have:
         raise InvalidSnapshot(
-            f"snapshot states {have} do not match the model's {want}", field="snapshot"
+            f"snapshot states {have} do not match the model's {want}"[:400],
+            field="snapshot",
+            reason="model",
         )
 
 

@@ -40,6 +40,7 @@ class StreamProtocolError(domain.RnnServeError):
 ERROR_TABLE: dict[type[domain.RnnServeError], grpc.StatusCode] = {
     domain.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     domain.InvalidSnapshot: grpc.StatusCode.INVALID_ARGUMENT,
+    domain.SnapshotSecretRequired: grpc.StatusCode.FAILED_PRECONDITION,
     domain.SequenceNotStarted: grpc.StatusCode.INVALID_ARGUMENT,  # as Triton refuses it
     domain.ModelNotFound: grpc.StatusCode.NOT_FOUND,
     domain.SessionNotFound: grpc.StatusCode.NOT_FOUND,
