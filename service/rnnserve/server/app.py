@@ -9,18 +9,18 @@ from threading import Thread
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import start_http_server
 from rnnserve.kserve.v2 import grpc_service_pb2 as kserve_pb2
-from rnnserve.kserve.v2 import grpc_service_pb2_grpc
 from rnnserve.server.engine import InferenceEngine
 from rnnserve.server.logs import configure_logging
 from rnnserve.server.settings import Settings
 from rnnserve.server.transport.kserve.servicer import KServeServicer
+from rnnserve.server.transport.registration import add_foreign_servicer, add_servicer
 from rnnserve.server.transport.servicer import InferenceServicer
-from rnnserve.v1 import rnnserve_pb2, rnnserve_pb2_grpc
+from rnnserve.v1 import rnnserve_pb2
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,11 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def _descriptor(module: Any, service: str) -> Any:
+    """The ServiceDescriptor of `service` in a generated `*_pb2` module."""
+    return module.DESCRIPTOR.services_by_name[service]
+
+
 def build_server(settings: Settings) -> tuple[RnnServeServer, int]:
     """Wire everything for `settings` and bind the port (not started; call `await start()`).
 
@@ -127,12 +132,19 @@ def build_server(settings: Settings) -> tuple[RnnServeServer, int]:
         raise OSError(f"cannot bind {_address(settings.host, settings.port)}")
     server = RnnServeServer(settings, engine, grpc_server, port)
     # Two front doors on one port, over the same core: steps from both share one batch.
-    rnnserve_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(engine), grpc_server)
+    # Every service is registered from its descriptor with a request decoder that never raises:
+    # bytes that do not parse answer INVALID_ARGUMENT (in-band inside a stream), not UNKNOWN.
+    add_servicer(
+        grpc_server, _descriptor(rnnserve_pb2, "InferenceService"), InferenceServicer(engine)
+    )
     kserve = KServeServicer(engine, sequence_idle_s=settings.session_ttl_s)
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, grpc_server)
-    health_pb2_grpc.add_HealthServicer_to_server(server.health, grpc_server)
-    reflection.enable_server_reflection(
-        (INFERENCE_SERVICE, KSERVE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), grpc_server
+    add_servicer(grpc_server, _descriptor(kserve_pb2, "GRPCInferenceService"), kserve)
+    add_foreign_servicer(grpc_server, _descriptor(health_pb2, "Health"), server.health)
+    reflected = (INFERENCE_SERVICE, KSERVE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
+    add_foreign_servicer(
+        grpc_server,
+        _descriptor(reflection_pb2, "ServerReflection"),
+        reflection.aio.ReflectionServicer(reflected),
     )
     return server, port
 

@@ -19,6 +19,7 @@ from rnnserve.server import errors as domain
 from rnnserve.server.logs import REQUEST_ID, SESSION_ID
 from rnnserve.server.transport import context as call_context
 from rnnserve.server.transport.observe import record_call
+from rnnserve.server.transport.undecodable import Undecodable
 from rnnserve.v1 import rnnserve_pb2
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,8 @@ def rpc_handler(method: Handler) -> Handler:
 
     Domain errors become their table code; anything else becomes INTERNAL "internal error" with the
     traceback logged. A cancelled call is recorded as CANCELLED and the cancellation propagates.
+    A request whose bytes did not parse (`Undecodable`) is refused with INVALID_ARGUMENT before
+    the method runs.
     """
     name = method.__name__
 
@@ -197,23 +200,28 @@ def rpc_handler(method: Handler) -> Handler:
 
         @functools.wraps(method)
         async def streaming(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
-            # aclosing: if grpc closes this generator (client gone), the handler's own
-            # generator (and the engine's under it) is closed now, not at garbage collection.
-            async with (
-                _HandledCall(context, name),
-                aclosing(method(self, request, context)) as responses,
-            ):
-                async for response in responses:
-                    yield response
+            async with _HandledCall(context, name):
+                _refuse_undecodable(request)
+                # aclosing: if grpc closes this generator (client gone), the handler's own
+                # generator (and the engine's under it) is closed now, not at garbage collection.
+                async with aclosing(method(self, request, context)) as responses:
+                    async for response in responses:
+                        yield response
 
         return cast(Handler, streaming)
 
     @functools.wraps(method)
     async def unary(self: Any, request: Any, context: Any) -> Any:
         async with _HandledCall(context, name):
+            _refuse_undecodable(request)
             return await method(self, request, context)
 
     return cast(Handler, unary)
+
+
+def _refuse_undecodable(request: Any) -> None:
+    if isinstance(request, Undecodable):
+        raise request.error()
 
 
 class _HandledCall:

@@ -8,7 +8,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeGuard, TypeVar
 
 from rnnserve.server.core import InferenceCore
 from rnnserve.server.domain import InputData, OutputOptions, SessionView, StepOutcome
@@ -19,6 +19,7 @@ from rnnserve.server.transport.context import deadline_of, identity_of
 from rnnserve.server.transport.errors import StreamProtocolError, inband_error, report
 from rnnserve.server.transport.observe import record_call
 from rnnserve.server.transport.steps import run_step
+from rnnserve.server.transport.undecodable import Undecodable
 from rnnserve.v1 import rnnserve_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,9 @@ MAX_JOINED = 64
 MAX_JOINED_STEPS = 256  # the scheduler's longest call: a longer message runs in segments anyway
 MAX_READ_AHEAD = 256
 _JOINABLE = frozenset({"tokens", "features"})
+# A message as the request decoder gives it: an Undecodable when its bytes did not parse.
+Incoming = pb.StreamRequest | Undecodable
+Wanted = TypeVar("Wanted", bound=Incoming)
 
 
 class StreamConversation:
@@ -52,16 +56,15 @@ class StreamConversation:
         self.finished = False  # set once the session is closed: the server then ends the stream
 
     async def run(
-        self, requests: AsyncIterator[pb.StreamRequest]
+        self, requests: AsyncIterator[Incoming]
     ) -> AsyncGenerator[pb.StreamResponse, None]:
         """Answer every request in order, exactly one response each."""
         inbox = ReadAhead(requests)
         try:
             while (request := await inbox.next()) is not None:
-                joined = []
-                if self._joins(request):
-                    joined = inbox.take_while(self._joiner(request), MAX_JOINED - 1)
-                if joined:
+                if self._joins(request) and (
+                    joined := inbox.take_while(self._joiner(request), MAX_JOINED - 1)
+                ):
                     for response in await self.answer_together([request, *joined]):
                         yield response
                 else:
@@ -71,10 +74,12 @@ class StreamConversation:
         finally:
             await inbox.close()
 
-    async def answer(self, request: pb.StreamRequest) -> pb.StreamResponse:
+    async def answer(self, request: Incoming) -> pb.StreamResponse:
         """Handle one message; a failure becomes an in-band error reply."""
-        kind = request.WhichOneof("kind") or "empty"
         started = time.perf_counter()
+        if isinstance(request, Undecodable):  # its bytes did not parse: the stream goes on
+            return self._reply(request, "undecodable", started, request.error())
+        kind = request.WhichOneof("kind") or "empty"
         try:
             response = await self._dispatch(kind, request)
         except ShuttingDown:
@@ -124,7 +129,7 @@ class StreamConversation:
 
     def _reply(
         self,
-        request: pb.StreamRequest,
+        request: Incoming,
         kind: str,
         started: float,
         result: pb.StreamResponse | StepOutcome | Exception,
@@ -143,30 +148,31 @@ class StreamConversation:
         else:
             response = result
         record_call(f"Stream.{kind}", code, time.perf_counter() - started)
-        response.request_id = request.request_id
+        if isinstance(request, pb.StreamRequest):  # an undecodable message has no id to echo
+            response.request_id = request.request_id
         return response
 
-    def _joiner(self, first: pb.StreamRequest) -> Callable[[pb.StreamRequest], bool]:
+    def _joiner(self, first: pb.StreamRequest) -> Callable[[Incoming], TypeGuard[pb.StreamRequest]]:
         """Whether a waiting message joins `first`'s call: a joinable step, while the call's
         steps stay within MAX_JOINED_STEPS (long messages gain nothing from joining, and the
         outputs of one call are held at once)."""
         budget = MAX_JOINED_STEPS - _steps(first)
 
-        def joins(request: pb.StreamRequest) -> bool:
+        def joins(request: Incoming) -> TypeGuard[pb.StreamRequest]:
             nonlocal budget
-            steps = _steps(request)
-            if not self._joins(request) or steps > budget:
+            if not self._joins(request) or (steps := _steps(request)) > budget:
                 return False
             budget -= steps
             return True
 
         return joins
 
-    def _joins(self, request: pb.StreamRequest) -> bool:
+    def _joins(self, request: Incoming) -> TypeGuard[pb.StreamRequest]:
         """Whether a message may run in one call with its neighbours: a step of ids or frames
         (text is left alone: a word model's tokens can span the messages) on a live session."""
         return (
-            request.WhichOneof("kind") == "step"
+            isinstance(request, pb.StreamRequest)
+            and request.WhichOneof("kind") == "step"
             and request.step.WhichOneof("data") in _JOINABLE
             and self._session_id is not None
             and not self._session_gone
@@ -259,8 +265,8 @@ class ReadAhead:
     them, comes out of `next` in order, after the requests received before it.
     """
 
-    def __init__(self, requests: AsyncIterator[pb.StreamRequest]) -> None:
-        self._buffer: deque[pb.StreamRequest] = deque()
+    def __init__(self, requests: AsyncIterator[Incoming]) -> None:
+        self._buffer: deque[Incoming] = deque()
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -268,7 +274,7 @@ class ReadAhead:
         self._error: BaseException | None = None
         self._task = asyncio.get_running_loop().create_task(self._read(requests))
 
-    async def _read(self, requests: AsyncIterator[pb.StreamRequest]) -> None:
+    async def _read(self, requests: AsyncIterator[Incoming]) -> None:
         try:
             async for request in requests:
                 self._buffer.append(request)
@@ -282,7 +288,7 @@ class ReadAhead:
             self._ended = True
             self._arrived.set()
 
-    async def next(self) -> pb.StreamRequest | None:
+    async def next(self) -> Incoming | None:
         """The next request (waiting for it), or None once the client has sent its last."""
         while not self._buffer:
             if self._ended:
@@ -296,12 +302,16 @@ class ReadAhead:
         return request
 
     def take_while(
-        self, wanted: Callable[[pb.StreamRequest], bool], limit: int
-    ) -> list[pb.StreamRequest]:
+        self, wanted: Callable[[Incoming], TypeGuard[Wanted]], limit: int
+    ) -> list[Wanted]:
         """Up to `limit` requests already received, from the front, while `wanted` says yes."""
-        taken: list[pb.StreamRequest] = []
-        while self._buffer and len(taken) < limit and wanted(self._buffer[0]):
-            taken.append(self._buffer.popleft())
+        taken: list[Wanted] = []
+        while self._buffer and len(taken) < limit:
+            head = self._buffer[0]
+            if not wanted(head):
+                break
+            taken.append(head)
+            self._buffer.popleft()
         if taken:
             self._room.set()
         return taken

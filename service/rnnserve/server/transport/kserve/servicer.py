@@ -17,6 +17,7 @@ from rnnserve.server.transport.context import deadline_of, identity_of
 from rnnserve.server.transport.errors import report, rpc_handler
 from rnnserve.server.transport.kserve import codecs
 from rnnserve.server.transport.observe import record_call
+from rnnserve.server.transport.undecodable import Undecodable
 
 SERVER_NAME = "rnnserve"
 # Protocol extensions served (Triton's names): sequences, model configuration, statistics, and
@@ -153,16 +154,21 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @rpc_handler
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[kpb.ModelInferRequest], context: Any
+        self,
+        request_iterator: AsyncIterator[kpb.ModelInferRequest | Undecodable],
+        context: Any,
     ) -> AsyncIterator[kpb.ModelStreamInferResponse]:
         """Answer each request in order; a failed one gets its error in-band, the stream goes on.
 
-        Only a server shutdown ends the stream with a status (UNAVAILABLE).
+        Only a server shutdown ends the stream with a status (UNAVAILABLE). A message whose bytes
+        do not parse is such a failed request (INVALID_ARGUMENT in-band).
         """
         identity = identity_of(context)
         async for request in request_iterator:
             started, code = time.perf_counter(), "OK"
             try:
+                if isinstance(request, Undecodable):
+                    raise request.error()
                 response = await infer(self._core, request, identity, deadline_of(context))
                 answer = kpb.ModelStreamInferResponse(infer_response=response)
             except ShuttingDown:
@@ -172,12 +178,16 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 failure = report(err, "ModelStreamInfer.infer")
                 code = failure.code_name
                 answer = kpb.ModelStreamInferResponse(
-                    error_message=failure.message,
-                    infer_response=kpb.ModelInferResponse(
-                        model_name=request.model_name,
-                        model_version=request.model_version,
-                        id=request.id,
-                    ),
+                    error_message=failure.message, infer_response=_identified(request)
                 )
             record_call("ModelStreamInfer.infer", code, time.perf_counter() - started)
             yield answer
+
+
+def _identified(request: kpb.ModelInferRequest | Undecodable) -> kpb.ModelInferResponse:
+    """The response fields that tie an in-band error to its request (none for undecodable bytes)."""
+    if isinstance(request, Undecodable):
+        return kpb.ModelInferResponse()
+    return kpb.ModelInferResponse(
+        model_name=request.model_name, model_version=request.model_version, id=request.id
+    )
