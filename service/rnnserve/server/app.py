@@ -18,6 +18,7 @@ from rnnserve.server.engine import InferenceEngine
 from rnnserve.server.logs import configure_logging
 from rnnserve.server.settings import Settings
 from rnnserve.server.transport.kserve.servicer import KServeServicer
+from rnnserve.server.transport.limits import limits_for, server_options
 from rnnserve.server.transport.registration import add_foreign_servicer, add_servicer
 from rnnserve.server.transport.servicer import InferenceServicer
 from rnnserve.v1 import rnnserve_pb2
@@ -125,8 +126,11 @@ def build_server(settings: Settings) -> tuple[RnnServeServer, int]:
     called with an asyncio event loop running (grpc.aio).
     """
     engine = InferenceEngine(settings)
+    limits = limits_for(settings)  # request caps, and gRPC's receive limit derived from them
     # so_reuseport off: a second server on a taken port must fail, not silently share it.
-    grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    # server_options: an over-size message or metadata is refused by gRPC (RESOURCE_EXHAUSTED)
+    # before any Python runs.
+    grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *server_options(limits)])
     port = grpc_server.add_insecure_port(_address(settings.host, settings.port))
     if port == 0:
         raise OSError(f"cannot bind {_address(settings.host, settings.port)}")
@@ -135,9 +139,11 @@ def build_server(settings: Settings) -> tuple[RnnServeServer, int]:
     # Every service is registered from its descriptor with a request decoder that never raises:
     # bytes that do not parse answer INVALID_ARGUMENT (in-band inside a stream), not UNKNOWN.
     add_servicer(
-        grpc_server, _descriptor(rnnserve_pb2, "InferenceService"), InferenceServicer(engine)
+        grpc_server,
+        _descriptor(rnnserve_pb2, "InferenceService"),
+        InferenceServicer(engine, limits=limits),
     )
-    kserve = KServeServicer(engine, sequence_idle_s=settings.session_ttl_s)
+    kserve = KServeServicer(engine, sequence_idle_s=settings.session_ttl_s, limits=limits)
     add_servicer(grpc_server, _descriptor(kserve_pb2, "GRPCInferenceService"), kserve)
     add_foreign_servicer(grpc_server, _descriptor(health_pb2, "Health"), server.health)
     reflected = (INFERENCE_SERVICE, KSERVE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)

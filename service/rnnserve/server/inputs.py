@@ -38,13 +38,21 @@ class TextCodec:
         self.tokenizer = word_tokenizer(spec)
         self._lowercase = spec.lowercase
 
-    def encode(self, text: str, field: str = "text") -> npt.NDArray[np.int64]:
+    def encode(
+        self, text: str, field: str = "text", max_steps: int | None = None
+    ) -> npt.NDArray[np.int64]:
         """Token ids for `text`; an unknown symbol is InvalidInput "text[i]" unless the model
-        declares an unknown_token."""
+        declares an unknown_token. With `max_steps`, a text of more tokens is refused as soon as
+        that is certain, without encoding the rest (InvalidInput on `field`)."""
         if self.tokenizer is not None:
-            return self._encode_words(text, field)
+            return self._encode_words(text, field, max_steps)
         if self._lowercase:
             text = text.lower()
+        if max_steps is not None:
+            # each token covers at most `longest` characters: a lower bound on the steps
+            _check_steps(-(-len(text) // self._longest), max_steps, field, at_least=True)
+        if self._longest == 1:
+            return self._encode_symbols(text, field)
         ids: list[int] = []
         position = 0
         while position < len(text):
@@ -56,23 +64,40 @@ class TextCodec:
                     break
             else:
                 if self.unknown_token is None:
-                    raise InvalidInput(
-                        f"{text[position]!r} at {field}[{position}] is not in the vocabulary of "
-                        f"model {self.model!r}",
-                        field=f"{field}[{position}]",
-                    )
+                    raise self._unknown(text[position], field, position)
                 ids.append(self.unknown_token)
                 position += 1
+        if max_steps is not None:
+            _check_steps(len(ids), max_steps, field)
         return np.asarray(ids, dtype=np.int64)
 
-    def _encode_words(self, text: str, field: str) -> npt.NDArray[np.int64]:
+    def _encode_symbols(self, text: str, field: str) -> npt.NDArray[np.int64]:
+        """One token per character (every token one symbol): a dictionary lookup each."""
+        lookup = self._ids.get
+        found = [lookup(symbol, self.unknown_token) for symbol in text]
+        if self.unknown_token is None and None in found:
+            position = found.index(None)
+            raise self._unknown(text[position], field, position)
+        return np.asarray(found, dtype=np.int64)
+
+    def _unknown(self, symbol: str, field: str, position: int) -> InvalidInput:
+        return InvalidInput(
+            f"{symbol!r} at {field}[{position}] is not in the vocabulary of model {self.model!r}",
+            field=f"{field}[{position}]",
+        )
+
+    def _encode_words(self, text: str, field: str, max_steps: int | None) -> npt.NDArray[np.int64]:
         assert self.tokenizer is not None
+        tokens = self.tokenizer.tokenize(text, max_steps)
+        if max_steps is not None:
+            _check_steps(len(tokens), max_steps, field, at_least=True)  # it may have stopped early
         ids: list[int] = []
-        for token in self.tokenizer.tokenize(text):
+        for token in tokens:
             token_id = self._ids.get(token.text, self.unknown_token)
             if token_id is None:
+                shown = token.text if len(token.text) <= 64 else token.text[:64] + "..."
                 raise InvalidInput(
-                    f"{token.text!r} at {field}[{token.start}] is not in the vocabulary of "
+                    f"{shown!r} at {field}[{token.start}] is not in the vocabulary of "
                     f"model {self.model!r}",
                     field=f"{field}[{token.start}]",
                 )
@@ -102,19 +127,20 @@ def validate_input(
             )
         if not data:
             raise InvalidInput("text is empty; send at least one symbol", field="text")
-        ids = (codec or TextCodec(spec, manifest.name)).encode(data)
-        _check_steps(ids.shape[0], max_steps, "text")
-        return ids
+        # the step cap is checked while encoding: a long text stops as soon as it is too long
+        return (codec or TextCodec(spec, manifest.name)).encode(data, "text", max_steps)
     array = np.asarray(data)
     if array.dtype.kind in "iu":
         return _validate_tokens(manifest, array, max_steps)
     return _validate_features(manifest, array, max_steps)
 
 
-def _check_steps(steps: int, max_steps: int, field: str) -> None:
+def _check_steps(steps: int, max_steps: int, field: str, *, at_least: bool = False) -> None:
+    """`steps` (or at least that many, when counting stopped early) against the cap."""
     if steps > max_steps:
+        counted = f"at least {steps}" if at_least else str(steps)
         raise InvalidInput(
-            f"{steps} steps in one message exceed max_steps_per_message {max_steps}; split it",
+            f"{counted} steps in one message exceed max_steps_per_message {max_steps}; split it",
             field=field,
         )
 

@@ -7,6 +7,7 @@ way everywhere. A version, once shipped, never changes: a new rule is a new name
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ class Tokenizer(Protocol):
 
     name: str
 
-    def tokenize(self, text: str) -> list[Token]:
-        """The tokens of `text`, in order."""
+    def tokenize(self, text: str, limit: int | None = None) -> list[Token]:
+        """The tokens of `text`, in order; with `limit`, stop soon after more than `limit` are
+        found (enough to tell that a text has too many, without tokenizing all of it)."""
         ...
 
 
@@ -40,10 +42,13 @@ class PatternTokenizer:
         self.lowercase = lowercase
         self._regex = re.compile(pattern)
 
-    def tokenize(self, text: str) -> list[Token]:
+    def tokenize(self, text: str, limit: int | None = None) -> list[Token]:
         if self.lowercase:
             text = text.lower()
-        return [Token(m.group(), m.start()) for m in self._regex.finditer(text)]
+        matches = self._regex.finditer(text)
+        if limit is not None:
+            matches = itertools.islice(matches, limit + 1)
+        return [Token(m.group(), m.start()) for m in matches]
 
     def words(self, text: str) -> list[str]:
         """Just the token texts."""
@@ -234,11 +239,13 @@ class BrownTokenizer:
 
     name = "brown-v1"
 
-    def tokenize(self, text: str) -> list[Token]:
+    def tokenize(self, text: str, limit: int | None = None) -> list[Token]:
         tokens: list[Token] = []
         chunks = list(_CHUNK.finditer(text))
         open_quotes = 0
         for number, chunk in enumerate(chunks):
+            if limit is not None and len(tokens) > limit:
+                break  # enough to tell the text has too many
             pieces = list(self._pieces(chunk.group(), chunk.start()))
             for index, (piece, start) in enumerate(pieces):
                 at_end = number == len(chunks) - 1 and index == len(pieces) - 1

@@ -106,7 +106,9 @@ def test_an_overlong_string_sequence_id_is_refused(
 ) -> None:
     manifest = tiny_manifests[tm.GRU_LM]
     ids = np.array([[1]], dtype="<i8")
-    request = infer_request(manifest, ids, "INT64", sequence_id=("string_param", "x" * 257))
-    with pytest.raises(InvalidInput, match="at most 256") as caught:
+    longest = infer_request(manifest, ids, "INT64", sequence_id=("string_param", "x" * 128))
+    assert codecs.decode_call(longest, manifest).sequence == "x" * 128  # max_id_length's default
+    request = infer_request(manifest, ids, "INT64", sequence_id=("string_param", "x" * 129))
+    with pytest.raises(InvalidInput, match="129 characters exceed max_id_length 128") as caught:
         codecs.decode_call(request, manifest)
     assert caught.value.field == "parameters.sequence_id"

@@ -1,13 +1,16 @@
 """Proto <-> domain conversion for rnnserve.v1, validating the proto-level shape with field paths.
 
 Only what the proto alone can tell is checked here (a oneof left unset, a tensor's dtype, rank and
-byte length, a negative version); what needs the model (vocabulary range, feature width, step
-limits, NaN) is the core's job and comes back as InvalidInput with a path relative to the input.
+byte length, a negative version) and the request caps (transport/limits.py: steps, text bytes,
+ids, stop strings), each from the sizes the message states before anything is copied or encoded;
+what needs the model (vocabulary range, feature width, NaN) is the core's job and comes back as
+InvalidInput with a path relative to the input.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +29,15 @@ from rnnserve.server.domain import (
     StepOutcome,
 )
 from rnnserve.server.errors import InvalidInput
+from rnnserve.server.transport.limits import (
+    DEFAULT_LIMITS,
+    RequestLimits,
+    check_count,
+    check_id,
+    check_shape,
+    check_steps,
+    check_text,
+)
 from rnnserve.v1 import rnnserve_pb2 as pb
 
 DEFAULT_TOP_K = 5
@@ -59,7 +71,7 @@ def _path(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _shape_text(shape: list[int] | tuple[int, ...]) -> str:
+def _shape_text(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
@@ -73,17 +85,23 @@ def _dtype_name(value: int) -> str:
 # ---- requests -> domain ------------------------------------------------------------------------
 
 
-def decode_session_id(session_id: str, field: str = "session_id") -> str:
-    """A session id the client must give; empty is refused before it reaches the core."""
+def decode_session_id(
+    session_id: str, field: str = "session_id", limits: RequestLimits = DEFAULT_LIMITS
+) -> str:
+    """A session id the client must give; empty or over-long is refused before the core."""
     if not session_id:
         raise InvalidInput("a session id is required", field=field)
+    check_id(session_id, field, limits)
     return session_id
 
 
-def decode_model_ref(ref: pb.ModelRef, field: str = "model") -> tuple[str, int]:
+def decode_model_ref(
+    ref: pb.ModelRef, field: str = "model", limits: RequestLimits = DEFAULT_LIMITS
+) -> tuple[str, int]:
     """(name, version) of a ModelRef; version 0 means the latest."""
     if not ref.name:
         raise InvalidInput("a model name is required", field=_path(field, "name"))
+    check_id(ref.name, _path(field, "name"), limits)
     if ref.version < 0:
         raise InvalidInput(
             f"must be >= 0 (0 = latest), got {ref.version}", field=_path(field, "version")
@@ -91,19 +109,25 @@ def decode_model_ref(ref: pb.ModelRef, field: str = "model") -> tuple[str, int]:
     return ref.name, int(ref.version)
 
 
-def decode_features(tensor: pb.Tensor, field: str) -> npt.NDArray[np.float32]:
-    """A `[steps, width]` float32 tensor from raw little-endian bytes."""
+def decode_features(
+    tensor: pb.Tensor, field: str, limits: RequestLimits = DEFAULT_LIMITS
+) -> npt.NDArray[np.float32]:
+    """A `[steps, width]` float32 tensor from raw little-endian bytes.
+
+    The declared shape is checked (rank, each dimension, steps against max_steps_per_message,
+    the byte count) before a byte is copied.
+    """
     if tensor.dtype != pb.DATA_TYPE_FLOAT32:
         raise InvalidInput(
             f"expected DATA_TYPE_FLOAT32, got {_dtype_name(tensor.dtype)}",
             field=_path(field, "dtype"),
         )
-    shape = list(tensor.shape)
-    if len(shape) != 2 or any(d < 0 for d in shape):
-        raise InvalidInput(
-            f"expected [steps, width], got {_shape_text(shape)}", field=_path(field, "shape")
-        )
-    expected = math.prod(shape) * 4
+    shape = tensor.shape
+    if len(shape) != 2 or shape[0] < 0 or shape[1] < 0:
+        got = _shape_text(shape) if len(shape) == 2 else f"rank {len(shape)}"
+        raise InvalidInput(f"expected [steps, width], got {got}", field=_path(field, "shape"))
+    expected = check_shape(shape, 4, _path(field, "shape"), limits) * 4
+    check_steps(shape[0], _path(field, "shape[0]"), limits)
     if len(tensor.raw_data) != expected:
         raise InvalidInput(
             f"expected {expected} bytes for float32 {_shape_text(shape)}, "
@@ -111,20 +135,80 @@ def decode_features(tensor: pb.Tensor, field: str) -> npt.NDArray[np.float32]:
             field=_path(field, "raw_data"),
         )
     # astype copies into a writable, native-order array the core may keep.
-    array = np.frombuffer(tensor.raw_data, dtype="<f4").reshape(shape)
+    array = np.frombuffer(tensor.raw_data, dtype="<f4").reshape(shape[0], shape[1])
     return array.astype(np.float32)
 
 
-def decode_input(message: pb.StepInput, field: str) -> InputData:
+def decode_input(
+    message: pb.StepInput, field: str, limits: RequestLimits = DEFAULT_LIMITS
+) -> InputData:
     """Token ids (int64 [steps]), feature frames (float32 [steps, width]) or text."""
     kind = message.WhichOneof("data")
     if kind is None:
         raise InvalidInput("one of tokens, features or text must be set", field=field)
     if kind == "tokens":
-        return np.array(message.tokens.ids, dtype=np.int64)
+        ids = message.tokens.ids
+        check_steps(len(ids), _path(field, "tokens.ids"), limits)
+        return np.array(ids, dtype=np.int64)
     if kind == "features":
-        return decode_features(message.features, _path(field, "features"))
-    return message.text
+        return decode_features(message.features, _path(field, "features"), limits)
+    text = message.text
+    check_text(text, _path(field, "text"), limits)
+    return text
+
+
+def input_size(message: pb.StepInput) -> tuple[int, int]:
+    """(steps, text characters) a StepInput states, read without decoding it: token ids and
+    feature rows count as steps (a negative row count as none: decoding refuses it), text as
+    characters (its steps are known only once the model's codec has read it)."""
+    kind = message.WhichOneof("data")
+    if kind == "tokens":
+        return len(message.tokens.ids), 0
+    if kind == "features":
+        shape = message.features.shape
+        return (max(0, int(shape[0])) if shape else 0), 0
+    if kind == "text":
+        return 0, len(message.text)
+    return 0, 0
+
+
+def check_predict(sequences: Sequence[pb.StepInput], limits: RequestLimits) -> int:
+    """A Predict's caps, before any sequence is decoded: at most max_predict_sequences
+    sequences, whose steps together stay within max_steps_per_message and whose text within
+    max_text_bytes (a Predict is held to one message's caps). Returns the total steps stated."""
+    if not sequences:
+        raise InvalidInput("at least one sequence is required", field="sequences")
+    check_count(
+        len(sequences),
+        limits.max_predict_sequences,
+        "sequences",
+        "sequences",
+        "max_predict_sequences",
+    )
+    steps, characters = 0, 0
+    for sequence in sequences:
+        sequence_steps, sequence_characters = input_size(sequence)
+        steps += sequence_steps
+        characters += sequence_characters
+    check_count(
+        steps, limits.max_steps_per_message, "sequences", "steps in all", "max_steps_per_message"
+    )
+    if characters > limits.max_text_bytes:  # one byte per character at least
+        raise InvalidInput(
+            f"text of at least {characters:,} UTF-8 bytes in all exceeds max_text_bytes "
+            f"{limits.max_text_bytes:,}; split the request",
+            field="sequences",
+        )
+    return steps
+
+
+def decode_sequences(
+    sequences: Sequence[pb.StepInput], limits: RequestLimits = DEFAULT_LIMITS
+) -> list[InputData]:
+    """A Predict's sequences (checked with `check_predict` first), fields `sequences[i]...`."""
+    return [
+        decode_input(sequence, f"sequences[{i}]", limits) for i, sequence in enumerate(sequences)
+    ]
 
 
 def decode_output_options(message: pb.OutputOptions, field: str = "output") -> OutputOptions:
@@ -162,36 +246,63 @@ def decode_sampling(message: pb.SamplingParams, field: str = "sampling") -> Samp
     )
 
 
-def decode_generation(request: pb.GenerateRequest) -> GenerationRequest:
-    """A GenerateRequest as the core's GenerationRequest."""
+def decode_stops(stops: Sequence[str], limits: RequestLimits) -> tuple[str, ...]:
+    """Generate's stop strings: at most max_stop_strings, each of at most max_stop_string_bytes
+    UTF-8 bytes (counted before any is copied)."""
+    check_count(len(stops), limits.max_stop_strings, "stop", "stop strings", "max_stop_strings")
+    for index, stop in enumerate(stops):
+        if len(stop) * 4 > limits.max_stop_string_bytes:
+            size = len(stop.encode("utf-8", "surrogatepass"))
+            if size > limits.max_stop_string_bytes:
+                raise InvalidInput(
+                    f"{size:,} UTF-8 bytes exceed max_stop_string_bytes "
+                    f"{limits.max_stop_string_bytes}",
+                    field=f"stop[{index}]",
+                )
+    return tuple(stops)
+
+
+def decode_generation(
+    request: pb.GenerateRequest, limits: RequestLimits = DEFAULT_LIMITS
+) -> GenerationRequest:
+    """A GenerateRequest as the core's GenerationRequest; every cap checked first."""
     target = request.WhichOneof("target")
     if target is None:
         raise InvalidInput("one of model or session_id must be set", field="target")
     model, version, session_id = None, 0, None
     if target == "model":
-        model, version = decode_model_ref(request.model)
+        model, version = decode_model_ref(request.model, limits=limits)
     else:
-        session_id = decode_session_id(request.session_id)
-    prompt: InputData | None = None
-    kind = request.WhichOneof("prompt")
-    if kind == "text":
-        prompt = request.text
-    elif kind == "tokens":
-        prompt = np.array(request.tokens.ids, dtype=np.int64)
+        session_id = decode_session_id(request.session_id, limits=limits)
     if request.max_tokens == 0:
         raise InvalidInput("must be > 0", field="max_tokens")
+    if request.max_tokens > limits.max_generate_tokens:
+        raise InvalidInput(
+            f"{request.max_tokens:,} exceeds max_generate_tokens {limits.max_generate_tokens:,}",
+            field="max_tokens",
+        )
     if request.close_session and target != "model":
         raise InvalidInput(
             "close_session applies only to a new session (model)", field="close_session"
         )
+    stop = decode_stops(request.stop, limits)
+    sampling = decode_sampling(request.sampling)
+    prompt: InputData | None = None
+    kind = request.WhichOneof("prompt")
+    if kind == "text":
+        check_text(request.text, "text", limits)
+        prompt = request.text
+    elif kind == "tokens":
+        check_steps(len(request.tokens.ids), "tokens.ids", limits)
+        prompt = np.array(request.tokens.ids, dtype=np.int64)
     return GenerationRequest(
         model=model,
         version=version,
         session_id=session_id,
         prompt=prompt,
-        sampling=decode_sampling(request.sampling),
+        sampling=sampling,
         max_tokens=int(request.max_tokens),
-        stop=tuple(request.stop),
+        stop=stop,
         close_session=request.close_session,
     )
 
@@ -271,6 +382,12 @@ def fill_step(result: pb.StepResult, outcome: StepOutcome) -> None:
         fill_output(result.outputs.add(), output)
     result.steps = outcome.steps
     result.step_count = outcome.step_count
+
+
+def fill_predict(response: pb.PredictResponse, outcomes: Sequence[StepOutcome]) -> None:
+    """Write a Predict's results into `response` in place, one per sequence, in order."""
+    for outcome in outcomes:
+        fill_step(response.results.add(), outcome)
 
 
 def encode_token(token: GeneratedToken) -> pb.GenerateResponse:

@@ -8,11 +8,12 @@ from typing import Any
 
 from rnnserve.server.core import InferenceCore
 from rnnserve.server.domain import SessionView
-from rnnserve.server.errors import InvalidInput
 from rnnserve.server.logs import SESSION_ID
 from rnnserve.server.transport import codecs
 from rnnserve.server.transport.context import deadline_of, identity_of
 from rnnserve.server.transport.errors import rpc_handler
+from rnnserve.server.transport.limits import DEFAULT_LIMITS, RequestLimits
+from rnnserve.server.transport.offload import is_large, run_sized
 from rnnserve.server.transport.steps import run_step
 from rnnserve.server.transport.stream import StreamConversation
 from rnnserve.v1 import rnnserve_pb2 as pb
@@ -22,14 +23,15 @@ from rnnserve.v1 import rnnserve_pb2_grpc
 class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
     """The gRPC face of the serving core; holds no state of its own."""
 
-    def __init__(self, core: InferenceCore) -> None:
+    def __init__(self, core: InferenceCore, *, limits: RequestLimits = DEFAULT_LIMITS) -> None:
         self._core = core
+        self._limits = limits  # request caps, checked before any decoding
 
     @rpc_handler
     async def Stream(
         self, request_iterator: AsyncIterator[pb.StreamRequest], context: Any
     ) -> AsyncIterator[pb.StreamResponse]:
-        conversation = StreamConversation(self._core, context)
+        conversation = StreamConversation(self._core, context, limits=self._limits)
         async with aclosing(conversation.run(request_iterator)) as responses:
             async for response in responses:
                 yield response
@@ -38,7 +40,7 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: Any
     ) -> AsyncIterator[pb.GenerateResponse]:
-        generation = codecs.decode_generation(request)
+        generation = codecs.decode_generation(request, self._limits)
         if generation.session_id:
             SESSION_ID.set(generation.session_id)
         # aclosing: when the client cancels, the handler task is cancelled here and the engine's
@@ -53,7 +55,7 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
     async def CreateSession(
         self, request: pb.CreateSessionRequest, context: Any
     ) -> pb.CreateSessionResponse:
-        name, version = codecs.decode_model_ref(request.model)
+        name, version = codecs.decode_model_ref(request.model, limits=self._limits)
         view = await self._core.create_session(name, version, identity_of(context))
         SESSION_ID.set(view.session_id)
         return pb.CreateSessionResponse(session=codecs.encode_session(view))
@@ -65,13 +67,14 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
         await run_step(
             self._core,
             response.result,
-            session_id=_session(request.session_id),
+            session_id=self._session(request.session_id),
             identity=identity_of(context),
             step_input=request.input,
             input_field="input",
             output=request.output,
             deadline=deadline_of(context),
             expected_step_count=expected,
+            limits=self._limits,
         )
         return response
 
@@ -80,7 +83,7 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
         self, request: pb.GetSessionRequest, context: Any
     ) -> pb.GetSessionResponse:
         return pb.GetSessionResponse(
-            session=await _on_session(self._core.get_session, request, context)
+            session=await self._on_session(self._core.get_session, request, context)
         )
 
     @rpc_handler
@@ -88,7 +91,7 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
         self, request: pb.ResetSessionRequest, context: Any
     ) -> pb.ResetSessionResponse:
         return pb.ResetSessionResponse(
-            session=await _on_session(self._core.reset_session, request, context)
+            session=await self._on_session(self._core.reset_session, request, context)
         )
 
     @rpc_handler
@@ -96,7 +99,7 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
         self, request: pb.CloseSessionRequest, context: Any
     ) -> pb.CloseSessionResponse:
         return pb.CloseSessionResponse(
-            session=await _on_session(self._core.close_session, request, context)
+            session=await self._on_session(self._core.close_session, request, context)
         )
 
     @rpc_handler
@@ -104,7 +107,7 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
         self, request: pb.ExportStateRequest, context: Any
     ) -> pb.ExportStateResponse:
         snapshot, view = await self._core.export_state(
-            _session(request.session_id), identity_of(context)
+            self._session(request.session_id), identity_of(context)
         )
         return pb.ExportStateResponse(snapshot=snapshot, session=codecs.encode_session(view))
 
@@ -118,16 +121,16 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
 
     @rpc_handler
     async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
-        name, version = codecs.decode_model_ref(request.model)
-        if not request.sequences:
-            raise InvalidInput("at least one sequence is required", field="sequences")
-        sequences = [
-            codecs.decode_input(sequence, f"sequences[{i}]")
-            for i, sequence in enumerate(request.sequences)
-        ]
+        name, version = codecs.decode_model_ref(request.model, limits=self._limits)
+        # The caps first, from the counts the request states: a refused Predict costs O(1).
+        steps = codecs.check_predict(request.sequences, self._limits)
         options = codecs.decode_output_options(request.output)
+        large = is_large(len(request.sequences), steps)
+        sequences = await run_sized(large, codecs.decode_sequences, request.sequences, self._limits)
         outcomes = await self._core.predict(name, version, sequences, options)
-        return pb.PredictResponse(results=[codecs.encode_step(o) for o in outcomes])
+        response = pb.PredictResponse()
+        await run_sized(large, codecs.fill_predict, response, outcomes)
+        return response
 
     @rpc_handler
     async def ListModels(
@@ -139,19 +142,17 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
 
     @rpc_handler
     async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.GetModelResponse:
-        name, version = codecs.decode_model_ref(request.model)
+        name, version = codecs.decode_model_ref(request.model, limits=self._limits)
         return pb.GetModelResponse(model=codecs.encode_model(self._core.get_model(name, version)))
 
+    async def _on_session(
+        self, operation: Callable[[str, str], Awaitable[SessionView]], request: Any, context: Any
+    ) -> pb.SessionInfo:
+        """Run a session operation on the request's session for the caller; its description."""
+        view = await operation(self._session(request.session_id), identity_of(context))
+        return codecs.encode_session(view)
 
-async def _on_session(
-    operation: Callable[[str, str], Awaitable[SessionView]], request: Any, context: Any
-) -> pb.SessionInfo:
-    """Run a session operation on the request's session for the caller; its description."""
-    view = await operation(_session(request.session_id), identity_of(context))
-    return codecs.encode_session(view)
-
-
-def _session(session_id: str) -> str:
-    """Validate a request's session id and put it in the call's log context."""
-    SESSION_ID.set(codecs.decode_session_id(session_id))
-    return session_id
+    def _session(self, session_id: str) -> str:
+        """Validate a request's session id and put it in the call's log context."""
+        SESSION_ID.set(codecs.decode_session_id(session_id, limits=self._limits))
+        return session_id

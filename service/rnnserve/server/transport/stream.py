@@ -17,6 +17,7 @@ from rnnserve.server.logs import SESSION_ID
 from rnnserve.server.transport import codecs
 from rnnserve.server.transport.context import deadline_of, identity_of
 from rnnserve.server.transport.errors import StreamProtocolError, inband_error, report
+from rnnserve.server.transport.limits import DEFAULT_LIMITS, RequestLimits
 from rnnserve.server.transport.observe import record_call
 from rnnserve.server.transport.steps import run_step
 from rnnserve.server.transport.undecodable import Undecodable
@@ -47,8 +48,11 @@ class StreamConversation:
     (`InferenceCore.step_many`), with the outcomes and replies that one-by-one steps would give.
     """
 
-    def __init__(self, core: InferenceCore, context: Any) -> None:
+    def __init__(
+        self, core: InferenceCore, context: Any, *, limits: RequestLimits = DEFAULT_LIMITS
+    ) -> None:
         self._core = core
+        self._limits = limits  # request caps, checked before a message is decoded
         self._context = context
         self._identity = identity_of(context)
         self._session_id: str | None = None
@@ -97,7 +101,7 @@ class StreamConversation:
         positions: list[int] = []
         for index, request in enumerate(requests):
             try:
-                data = codecs.decode_input(request.step, "step")
+                data = codecs.decode_input(request.step, "step", self._limits)
                 decoded.append((data, codecs.decode_output_options(request.output)))
                 positions.append(index)
             except RnnServeError as err:
@@ -193,6 +197,7 @@ class StreamConversation:
                 input_field="step",
                 output=request.output,
                 deadline=deadline_of(self._context),
+                limits=self._limits,
             )
             return response
         return await self._control(session_id, request.control)
@@ -217,10 +222,10 @@ class StreamConversation:
     async def _bind(self, message: pb.OpenSession) -> SessionView:
         source = message.WhichOneof("source")
         if source == "model":
-            name, version = codecs.decode_model_ref(message.model)
+            name, version = codecs.decode_model_ref(message.model, limits=self._limits)
             return await self._core.create_session(name, version, self._identity)
         if source == "session_id":
-            session_id = codecs.decode_session_id(message.session_id)
+            session_id = codecs.decode_session_id(message.session_id, limits=self._limits)
             return await self._core.get_session(session_id, self._identity)
         if source == "snapshot":
             return await self._core.import_state(message.snapshot, self._identity)

@@ -1,8 +1,9 @@
 """Open Inference Protocol (KServe v2) <-> domain: tensors, sequence parameters, model metadata.
 
 Only what the protocol alone can tell is checked here (tensor names, datatypes, shapes, byte
-lengths, parameter types); what needs the model's state (vocabulary range, step limits, NaN) is
-the core's and comes back with a path under the input's name (`inputs[0].tokens.ids[3]`).
+lengths, parameter types) and the request caps (transport/limits.py: batch, steps, ids), each from
+what the request states before a value is copied; what needs the model's state (vocabulary range,
+NaN) is the core's and comes back with a path under the input's name (`inputs[0].tokens.ids[3]`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ from rnnserve.server.domain import (
 )
 from rnnserve.server.errors import InvalidInput
 from rnnserve.server.manifest import ModelManifest, TokenInput
+from rnnserve.server.transport.limits import (
+    DEFAULT_LIMITS,
+    RequestLimits,
+    check_count,
+    check_id,
+    check_steps,
+)
+from rnnserve.server.transport.offload import is_large
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
@@ -31,8 +40,6 @@ BACKEND = "onnxruntime"
 SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END = "sequence_id", "sequence_start", "sequence_end"
 OUTPUT_STEPS = "output_steps"
 SESSION_ID, STEP_COUNT = "rnnserve_session_id", "step_count"
-# A string sequence id is kept as a key for the sequence's life (and in its tombstone).
-MAX_SEQUENCE_ID_LENGTH = 256
 # wire datatype -> (little-endian wire dtype, the native dtype the core takes)
 _DTYPES: dict[str, tuple[np.dtype[np.generic], np.dtype[np.generic]]] = {
     "INT64": (np.dtype("<i8"), np.dtype(np.int64)),
@@ -63,9 +70,34 @@ def decode_version(version: str, field: str = "model_version") -> int:
     return int(version)
 
 
-def decode_call(request: kpb.ModelInferRequest, manifest: ModelManifest) -> InferCall:
-    """Validate a request against the model's tensors; the input as one array per batch row."""
-    sequence, start, end = _sequence_parameters(request)
+def check_ids(request: kpb.ModelInferRequest, limits: RequestLimits = DEFAULT_LIMITS) -> None:
+    """The request's model name and id against max_id_length (before the model is looked up)."""
+    check_id(request.model_name, "model_name", limits)
+    check_id(request.model_version, "model_version", limits)
+    check_id(request.id, "id", limits)
+
+
+def is_large_request(
+    request: kpb.ModelInferRequest, limits: RequestLimits = DEFAULT_LIMITS
+) -> bool:
+    """Whether the batch the first input's shape states is worth decoding and encoding off the
+    event loop (read without decoding; a shape beyond the caps is not: it is refused at once)."""
+    if not request.inputs or len(request.inputs[0].shape) < 2:
+        return False
+    batch, steps = request.inputs[0].shape[0], request.inputs[0].shape[1]
+    within = 0 < batch <= limits.max_predict_sequences and 0 < batch * steps <= (
+        limits.max_steps_per_message
+    )
+    return within and is_large(batch, batch * steps)
+
+
+def decode_call(
+    request: kpb.ModelInferRequest, manifest: ModelManifest, limits: RequestLimits = DEFAULT_LIMITS
+) -> InferCall:
+    """Validate a request against the model's tensors and the caps; the input as one array per
+    batch row."""
+    check_ids(request, limits)
+    sequence, start, end = _sequence_parameters(request, limits)
     if manifest.streamable and sequence is None:
         raise InvalidInput(
             f"inference request to model {manifest.name!r} must specify a non-zero or non-empty "
@@ -77,24 +109,33 @@ def decode_call(request: kpb.ModelInferRequest, manifest: ModelManifest) -> Infe
             f"model {manifest.name!r} expects input {manifest.input.name!r}", field="inputs"
         )
     if len(request.inputs) > 1:
-        given = [tensor.name for tensor in request.inputs]
         raise InvalidInput(
-            f"model {manifest.name!r} takes one input, {manifest.input.name!r}; got {given}",
+            f"model {manifest.name!r} takes one input, {manifest.input.name!r}; got "
+            f"{len(request.inputs):,}",
             field="inputs",
         )
-    batch = _decode_tensor(request, 0, manifest)
-    if sequence is not None and len(batch) != 1:
+    shape = _check_tensor(request, 0, manifest, limits)
+    if sequence is not None and shape[0] != 1:
         raise InvalidInput(
-            f"a sequence request carries one sequence (batch 1), got batch {len(batch)}",
+            f"a sequence request carries one sequence (batch 1), got batch {shape[0]}",
             field="inputs[0].shape",
+        )
+    if len(request.outputs) > len(manifest.outputs):
+        raise InvalidInput(
+            f"{len(request.outputs):,} outputs asked for; model {manifest.name!r} has "
+            f"{len(manifest.outputs)}",
+            field="outputs",
         )
     names = {spec.name for spec in manifest.outputs}
     for index, wanted in enumerate(request.outputs):
         if wanted.name not in names:
+            check_id(wanted.name, f"outputs[{index}].name", limits)
             raise InvalidInput(
                 f"model {manifest.name!r} has no output {wanted.name!r} (outputs: {sorted(names)})",
                 field=f"outputs[{index}].name",
             )
+    steps = _output_steps(request)
+    batch = list(_tensor_data(request, 0, shape))  # the one copy, once everything is checked
     return InferCall(
         model=request.model_name,
         version=decode_version(request.model_version),
@@ -102,12 +143,14 @@ def decode_call(request: kpb.ModelInferRequest, manifest: ModelManifest) -> Infe
         start=start,
         end=end,
         sequences=batch,
-        options=OutputOptions(steps=_output_steps(request)),
+        options=OutputOptions(steps=steps),
         outputs=[wanted.name for wanted in request.outputs],
     )
 
 
-def _sequence_parameters(request: kpb.ModelInferRequest) -> tuple[str | None, bool, bool]:
+def _sequence_parameters(
+    request: kpb.ModelInferRequest, limits: RequestLimits
+) -> tuple[str | None, bool, bool]:
     """(sequence id as text, start, end); id 0 or "" is no sequence, as in Triton."""
     params = request.parameters
     sequence: str | None = None
@@ -119,13 +162,9 @@ def _sequence_parameters(request: kpb.ModelInferRequest) -> tuple[str | None, bo
         elif kind == "uint64_param":
             sequence = str(value.uint64_param) if value.uint64_param else None
         elif kind == "string_param":
+            # kept as a key for the sequence's life (and in its tombstone): bounded
+            check_id(value.string_param, f"parameters.{SEQUENCE_ID}", limits)
             sequence = value.string_param or None
-            if len(value.string_param) > MAX_SEQUENCE_ID_LENGTH:
-                raise InvalidInput(
-                    f"a string sequence_id is at most {MAX_SEQUENCE_ID_LENGTH} characters, got "
-                    f"{len(value.string_param)}",
-                    field=f"parameters.{SEQUENCE_ID}",
-                )
         else:
             raise InvalidInput(
                 f"sequence_id must be an integer or a string, got {kind}",
@@ -146,21 +185,24 @@ def _output_steps(request: kpb.ModelInferRequest) -> OutputSteps:
         return OutputSteps.ALL
     text = value.string_param if value.WhichOneof("parameter_choice") == "string_param" else None
     if text not in ("all", "last"):
+        got = repr(text) if text is not None and len(text) <= 16 else "another value"
         raise InvalidInput(
-            f'output_steps must be "all" or "last", got {value}'.strip(),
-            field=f"parameters.{OUTPUT_STEPS}",
+            f'output_steps must be "all" or "last", got {got}', field=f"parameters.{OUTPUT_STEPS}"
         )
     return OutputSteps(text)
 
 
-def _decode_tensor(
-    request: kpb.ModelInferRequest, index: int, manifest: ModelManifest
-) -> list[InputData]:
-    """Input `index` as one array per batch row."""
+def _check_tensor(
+    request: kpb.ModelInferRequest, index: int, manifest: ModelManifest, limits: RequestLimits
+) -> list[int]:
+    """Input `index`'s name, datatype and shape against the model and the caps: batch within
+    max_predict_sequences, steps (per row and in all) within max_steps_per_message. Every
+    dimension is bounded before the element count is taken."""
     tensor = request.inputs[index]
     field = f"inputs[{index}]"
     spec = manifest.input
     if tensor.name != spec.name:
+        check_id(tensor.name, f"{field}.name", limits)
         raise InvalidInput(
             f"unexpected inference input {tensor.name!r} for model {manifest.name!r}; it "
             f"expects {spec.name!r}",
@@ -168,12 +210,13 @@ def _decode_tensor(
         )
     want = "INT64" if isinstance(spec, TokenInput) else "FP32"
     if tensor.datatype != want:
+        check_id(tensor.datatype, f"{field}.datatype", limits)
         raise InvalidInput(
             f"inference input {tensor.name!r} data-type is {tensor.datatype!r}, but model "
             f"{manifest.name!r} expects {want!r}",
             field=f"{field}.datatype",
         )
-    shape = list(tensor.shape)
+    shape = list(tensor.shape) if len(tensor.shape) <= 3 else []
     rank = 2 if isinstance(spec, TokenInput) else 3
     if (
         len(shape) != rank
@@ -181,18 +224,36 @@ def _decode_tensor(
         or (not isinstance(spec, TokenInput) and shape[2] != spec.width)
     ):
         expected = "[batch, steps]" if rank == 2 else f"[batch, steps, {getattr(spec, 'width', 0)}]"
+        got = shape if shape else f"rank {len(tensor.shape)}"
         raise InvalidInput(
-            f"inference input {tensor.name!r} has shape {shape}; model {manifest.name!r} "
+            f"inference input {tensor.name!r} has shape {got}; model {manifest.name!r} "
             f"expects {expected}",
             field=f"{field}.shape",
         )
-    array = _tensor_data(request, index, want, shape, field)
-    return list(array)
+    check_count(
+        shape[0],
+        limits.max_predict_sequences,
+        f"{field}.shape[0]",
+        "sequences (batch)",
+        "max_predict_sequences",
+    )
+    check_steps(shape[1], f"{field}.shape[1]", limits)
+    check_count(
+        shape[0] * shape[1],
+        limits.max_steps_per_message,
+        f"{field}.shape",
+        "steps in all",
+        "max_steps_per_message",
+    )
+    return shape
 
 
 def _tensor_data(
-    request: kpb.ModelInferRequest, index: int, datatype: str, shape: list[int], field: str
+    request: kpb.ModelInferRequest, index: int, shape: list[int]
 ) -> npt.NDArray[np.generic]:
+    """Input `index` (already checked) as an array of `shape`."""
+    datatype = request.inputs[index].datatype
+    field = f"inputs[{index}]"
     dtype, native = _DTYPES[datatype]
     count = math.prod(shape)
     if request.raw_input_contents:
@@ -218,7 +279,7 @@ def _tensor_data(
                 f"expected {count} values for {datatype} {shape}, got {len(values)}",
                 field=f"{field}.contents.{name}",
             )
-        array = np.array(list(values), dtype=dtype)
+        array = np.fromiter(values, dtype=dtype, count=count)
     # astype: a writable, native-order copy the core may keep
     result: npt.NDArray[np.generic] = array.reshape(shape).astype(native)
     return result

@@ -16,7 +16,9 @@ from rnnserve.server.logs import SESSION_ID
 from rnnserve.server.transport.context import deadline_of, identity_of
 from rnnserve.server.transport.errors import report, rpc_handler
 from rnnserve.server.transport.kserve import codecs
+from rnnserve.server.transport.limits import DEFAULT_LIMITS, RequestLimits
 from rnnserve.server.transport.observe import record_call
+from rnnserve.server.transport.offload import run_sized
 from rnnserve.server.transport.undecodable import Undecodable
 
 SERVER_NAME = "rnnserve"
@@ -33,21 +35,29 @@ def _server_version() -> str:
 
 
 async def infer(
-    core: InferenceCore, request: kpb.ModelInferRequest, identity: str, deadline: float | None
+    core: InferenceCore,
+    request: kpb.ModelInferRequest,
+    identity: str,
+    deadline: float | None,
+    limits: RequestLimits = DEFAULT_LIMITS,
 ) -> kpb.ModelInferResponse:
     """The one inference path of this front door (ModelInfer and each ModelStreamInfer request).
 
     A request with a sequence id steps that sequence's session (`sequence_start` opens it,
     `sequence_end` closes it after a successful step); one without runs stateless sequences.
+    The caps are checked before anything is decoded; a large batch is decoded and encoded off
+    the event loop.
     """
+    codecs.check_ids(request, limits)  # before the name is looked up (and quoted in errors)
     description = describe_model(core, request.model_name, request.model_version, "model_")
     manifest = description.manifest
-    call = codecs.decode_call(request, manifest)
+    large = codecs.is_large_request(request, limits)
+    call = await run_sized(large, codecs.decode_call, request, manifest, limits)
     if call.sequence is None:
         outcomes = await core.predict(
             call.model, call.version, call.sequences, call.options, input_field="inputs"
         )
-        return codecs.encode_response(request, description, call, outcomes)
+        return await run_sized(large, codecs.encode_response, request, description, call, outcomes)
     if not manifest.streamable:
         raise ModelNotStreamable(
             f"model {manifest.name!r} is whole-sequence only (bidirectional): send ModelInfer "
@@ -87,9 +97,16 @@ def describe_model(
 class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     """The Open Inference Protocol face of the serving core; holds no state of its own."""
 
-    def __init__(self, core: InferenceCore, *, sequence_idle_s: float) -> None:
+    def __init__(
+        self,
+        core: InferenceCore,
+        *,
+        sequence_idle_s: float,
+        limits: RequestLimits = DEFAULT_LIMITS,
+    ) -> None:
         self._core = core
         self._idle_s = sequence_idle_s
+        self._limits = limits  # request caps, checked before any decoding
 
     @rpc_handler
     async def ServerLive(
@@ -150,7 +167,9 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: kpb.ModelInferRequest, context: Any
     ) -> kpb.ModelInferResponse:
-        return await infer(self._core, request, identity_of(context), deadline_of(context))
+        return await infer(
+            self._core, request, identity_of(context), deadline_of(context), self._limits
+        )
 
     @rpc_handler
     async def ModelStreamInfer(
@@ -169,7 +188,9 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             try:
                 if isinstance(request, Undecodable):
                     raise request.error()
-                response = await infer(self._core, request, identity, deadline_of(context))
+                response = await infer(
+                    self._core, request, identity, deadline_of(context), self._limits
+                )
                 answer = kpb.ModelStreamInferResponse(infer_response=response)
             except ShuttingDown:
                 record_call("ModelStreamInfer.infer", "UNAVAILABLE", time.perf_counter() - started)
