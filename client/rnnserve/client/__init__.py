@@ -15,6 +15,11 @@ Synchronous use::
         for piece in client.generate("char-lstm", "Once ", max_tokens=50):
             print(piece, end="")
 
+A server with authentication and TLS takes a bearer token and the CA that signed its
+certificate (plus a client certificate and key when it requires mutual TLS)::
+
+    Client("rnn.example.com:50051", token=token, tls_ca="ca.pem")
+
 ``AsyncClient`` (also in :mod:`rnnserve.client.aio`) has the same methods for asyncio. Every
 failed call raises a subclass of :class:`RnnServeError` named after its gRPC status code (with
 ``code``, ``message``, ``field``); inside a stream a refused input raises the same exception and

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import time
 
+from rnnserve.client._credentials import bearer_metadata
 from rnnserve.client._errors import RnnServeError
 from rnnserve.client._retry import RetryPolicy
 
 CLIENT_ID_KEY = "x-client-id"
 
 
-def call_metadata(client_id: str | None) -> tuple[tuple[str, str], ...]:
-    """The metadata every call carries: the client identity sessions are bound to."""
-    return ((CLIENT_ID_KEY, client_id),) if client_id else ()
+def call_metadata(client_id: str | None, token: str | None = None) -> tuple[tuple[str, str], ...]:
+    """The metadata every call carries: the bearer token (when given) and the client id (with
+    authentication on the server, a sub-identity under the token's principal)."""
+    identity = ((CLIENT_ID_KEY, client_id),) if client_id else ()
+    return bearer_metadata(token) + identity
 
 
 def remaining(deadline: float | None) -> float | None:
@@ -21,11 +24,18 @@ def remaining(deadline: float | None) -> float | None:
 
 
 class CallPolicy:
-    """One client's call settings, shared by its Rpc helper: identity metadata, default deadline
-    and retry policy. The client's ``timeout`` and ``retry`` read and write these."""
+    """One client's call settings, shared by its Rpc helper: credential and identity metadata,
+    default deadline and retry policy. The client's ``timeout`` and ``retry`` read and write
+    these."""
 
-    def __init__(self, client_id: str | None, timeout: float | None, retry: RetryPolicy) -> None:
-        self.metadata = call_metadata(client_id)
+    def __init__(
+        self,
+        client_id: str | None,
+        timeout: float | None,
+        retry: RetryPolicy,
+        token: str | None = None,
+    ) -> None:
+        self.metadata = call_metadata(client_id, token)
         self.timeout = timeout
         self.retry = retry
 

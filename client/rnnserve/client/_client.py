@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 from rnnserve.client._call_policy import CLIENT_ID_KEY
 from rnnserve.client._client_core import ClientCore
 from rnnserve.client._codec import decode_model, decode_result, decode_session, output_options
+from rnnserve.client._credentials import channel_credentials, channel_options
 from rnnserve.client._errors import RnnServeError
 from rnnserve.client._requests import (
     aim_generation,
@@ -41,11 +43,22 @@ class Client(ClientCore):
     Args:
         target: the server address, e.g. ``"localhost:50051"``.
         client_id: identity sent as ``x-client-id``; sessions are bound to it (the server uses
-            ``"anonymous"`` when it is absent).
+            ``"anonymous"`` when it is absent). On a server with authentication it only names a
+            sub-identity under the authenticated principal (``<principal>/<client_id>``).
+        token: bearer token sent as ``authorization: Bearer <token>`` on every call, streams
+            included, for servers started with an ``auth_tokens_file``.
         timeout: default deadline in seconds for each call (``None``: no deadline); every method
             takes its own ``timeout`` too. For streaming calls it bounds the whole call.
         retry: how idempotent calls are retried on UNAVAILABLE.
-        credentials: channel credentials for TLS (default: an insecure channel).
+        tls: connect with TLS, trusting the system's root certificates (implied by ``tls_ca``
+            and ``tls_cert``).
+        tls_ca: PEM file of the CA(s) the server's certificate must chain to.
+        tls_cert: PEM client certificate, for servers that require mutual TLS (with
+            ``tls_key``, its private key).
+        tls_key: PEM private key of ``tls_cert``.
+        tls_server_name: the name to check the server's certificate against, when it differs
+            from the host in ``target``.
+        credentials: ready-made channel credentials (instead of the ``tls*`` options).
         options: extra gRPC channel options.
         channel: an existing channel to use instead (the client will not close it).
 
@@ -57,19 +70,31 @@ class Client(ClientCore):
         target: str,
         *,
         client_id: str | None = None,
+        token: str | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        tls: bool = False,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        tls_server_name: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
         channel: grpc.Channel | None = None,
     ) -> None:
         owns_channel = channel is None
+        # Before the channel exists: a bad token must not leave an open channel behind.
+        super().__init__(target, client_id, timeout, retry, owns_channel, token)
         if channel is None:
+            if credentials is None:
+                credentials = channel_credentials(
+                    tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
+                )
+            settings = channel_options(list(options), tls_server_name)
             if credentials is not None:
-                channel = grpc.secure_channel(target, credentials, options=list(options))
+                channel = grpc.secure_channel(target, credentials, options=settings)
             else:
-                channel = grpc.insecure_channel(target, options=list(options))
-        super().__init__(target, client_id, timeout, retry, owns_channel)
+                channel = grpc.insecure_channel(target, options=settings)
         self._channel = channel
         self._rpc = Rpc(channel, self._policy)
 

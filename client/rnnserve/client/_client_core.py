@@ -19,10 +19,12 @@ class ClientCore:
         timeout: float | None,
         retry: RetryPolicy | None,
         owns_channel: bool,
+        token: str | None = None,
     ) -> None:
         self.target = target
         self.client_id = client_id
-        self._policy = CallPolicy(client_id, timeout, retry or RetryPolicy())
+        # The token lives only in the call metadata; repr() and errors never show it.
+        self._policy = CallPolicy(client_id, timeout, retry or RetryPolicy(), token)
         self._owns_channel = owns_channel
         self._models: dict[tuple[str, int], ModelInfo] = {}
         # Only the sync client is shared across threads; the lock costs the asyncio one nothing.

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 import numpy as np
 from rnnserve.client._client import Client
+from rnnserve.client._credentials import add_connection_flags, connection_from_args
 from rnnserve.client._errors import RnnServeError
 from rnnserve.client._types import InputLike, ModelInfo, ModelOutput, StepOutput
 
@@ -29,7 +30,12 @@ def _parser() -> argparse.ArgumentParser:
         help="server address (default: $RNNSERVE_TARGET or %(default)s)",
     )
     parser.add_argument("--timeout", type=float, default=None, help="deadline per call, seconds")
-    parser.add_argument("--client-id", default=None, help="identity sent as x-client-id")
+    parser.add_argument(
+        "--client-id",
+        default=None,
+        help="identity sent as x-client-id (with a token: a sub-identity of its principal)",
+    )
+    add_connection_flags(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -346,7 +352,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.inputs = [*args.inputs, *extra]
     out, stdin = sys.stdout, sys.stdin
     try:
-        with Client(args.target, client_id=args.client_id, timeout=args.timeout) as client:
+        connection = connection_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        with Client(
+            args.target,
+            client_id=args.client_id,
+            timeout=args.timeout,
+            **connection.client_options(),
+        ) as client:
             if args.command == "models":
                 _models(client, args, out)
             elif args.command == "generate":

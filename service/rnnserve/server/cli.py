@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import types
 from collections.abc import Sequence
@@ -71,12 +72,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def _command_serve(args: argparse.Namespace) -> int:
     from rnnserve.server.app import serve
     from rnnserve.server.repository import RepositoryError
+    from rnnserve.server.security import SecurityConfigError
 
     settings = settings_from_args(args)
     try:
         asyncio.run(serve(settings))
     except RepositoryError as err:
         print(f"rnnserve: cannot load the models: {err}", file=sys.stderr)
+        return 1
+    except SecurityConfigError as err:
+        print(f"rnnserve: {err}", file=sys.stderr)
         return 1
     except OSError as err:
         print(f"rnnserve: {err}", file=sys.stderr)
@@ -148,17 +153,83 @@ def _default_port() -> int:
         return Settings.model_fields["port"].default  # type: ignore[no-any-return]
 
 
+def _command_token_new(args: argparse.Namespace) -> int:
+    from rnnserve.server.tokens import new_token, token_line
+
+    token = new_token()
+    try:
+        line = token_line(token, args.principal)
+    except ValueError as err:
+        print(f"rnnserve: {err}", file=sys.stderr)
+        return 2
+    # The token (for the client) alone on stdout, so `> client.token` captures just it; the
+    # line for the server's tokens file (no secret in it) on stderr.
+    print(token)
+    print(line, file=sys.stderr)
+    return 0
+
+
+def _command_token_hash(args: argparse.Namespace) -> int:
+    from rnnserve.server.tokens import token_line
+
+    token = sys.stdin.readline().strip()
+    if not token:
+        print("rnnserve: no token on stdin", file=sys.stderr)
+        return 2
+    try:
+        print(token_line(token, args.principal))
+    except ValueError as err:
+        print(f"rnnserve: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _health_credentials(args: argparse.Namespace) -> tuple[Any, tuple[tuple[str, str], ...]]:
+    """Channel credentials (None: plaintext) and call metadata for `rnnserve healthcheck`."""
+    import grpc
+
+    def read(path: Path | None) -> bytes | None:
+        return None if path is None else path.read_bytes()
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key: give both (a client certificate and its key)")
+    credentials = None
+    if args.tls or args.tls_ca or args.tls_cert:
+        credentials = grpc.ssl_channel_credentials(
+            read(args.tls_ca), read(args.tls_key), read(args.tls_cert)
+        )
+    token = args.token
+    if args.token_file is not None:
+        token = args.token_file.read_text(encoding="utf-8").strip()
+    elif token is None:
+        token = os.environ.get("RNNSERVE_TOKEN") or None
+    metadata = (("authorization", f"Bearer {token.strip()}"),) if token else ()
+    return credentials, metadata
+
+
 def _command_healthcheck(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     port = args.port if args.port is not None else _default_port()
     target = f"[{args.host}]:{port}" if ":" in args.host else f"{args.host}:{port}"
-    with grpc.insecure_channel(target) as channel:
+    try:
+        credentials, metadata = _health_credentials(args)
+    except (OSError, ValueError) as err:
+        print(f"rnnserve: {err}", file=sys.stderr)
+        return HEALTH_EXIT_UNREACHABLE
+    channel = (
+        grpc.insecure_channel(target)
+        if credentials is None
+        else grpc.secure_channel(target, credentials)
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+                health_pb2.HealthCheckRequest(service=args.service),
+                timeout=args.timeout,
+                metadata=metadata,
             )
         except grpc.RpcError as err:
             print(f"{target}: unreachable ({err.code().name})", file=sys.stderr)
@@ -228,7 +299,35 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--service", default="", help='health service name (default "", the whole server)'
     )
+    health.add_argument(
+        "--token",
+        default=None,
+        help="bearer token, when health needs one (auth_open_health off) [env RNNSERVE_TOKEN]",
+    )
+    health.add_argument("--token-file", type=Path, default=None, help="file holding the token")
+    health.add_argument("--tls", action="store_true", help="TLS, trusting the system's roots")
+    health.add_argument("--tls-ca", type=Path, default=None, help="CA bundle (PEM) of the server")
+    health.add_argument("--tls-cert", type=Path, default=None, help="client certificate (PEM)")
+    health.add_argument("--tls-key", type=Path, default=None, help="key of --tls-cert (PEM)")
     health.set_defaults(handler=_command_healthcheck)
+
+    token = commands.add_parser("token", help="make bearer tokens for auth_tokens_file")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    new = token_commands.add_parser(
+        "new",
+        help="print a new random token on stdout and its tokens-file line on stderr",
+        description="The token goes to the client (stdout); the line `sha256:<hex> <principal>` "
+        "goes into the server's auth_tokens_file (stderr). The server never stores the token.",
+    )
+    new.add_argument("--principal", default="client", help="who presents it (default: client)")
+    new.set_defaults(handler=_command_token_new)
+    hashing = token_commands.add_parser(
+        "hash",
+        help="read a token on stdin and print its tokens-file line",
+        description="For a token made elsewhere: prints `sha256:<hex> <principal>`.",
+    )
+    hashing.add_argument("--principal", default="client", help="who presents it (default: client)")
+    hashing.set_defaults(handler=_command_token_hash)
     return parser
 
 

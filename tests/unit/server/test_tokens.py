@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import pytest
+from rnnserve.server import cli
 from rnnserve.server.security import SecurityConfigError, check_exposure, is_loopback, read_pem
 from rnnserve.server.tokens import (
     TokenFileError,
@@ -133,3 +135,23 @@ def test_pem_files_are_checked_without_quoting_them(tmp_path: Path) -> None:
     assert "secret-ish" not in str(e.value)
     with pytest.raises(SecurityConfigError, match="tls_cert_file: cannot read"):
         read_pem(tmp_path / "absent.pem", "tls_cert_file", "CERTIFICATE-----")
+
+
+def test_token_new_prints_the_token_and_its_line_apart(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["token", "new", "--principal", "ci-runner"]) == 0
+    captured = capsys.readouterr()
+    token = captured.out.strip()
+    line = captured.err.strip()
+    assert len(token) >= 43 and token not in line
+    assert TokenTable.parse(line).principal_of(token) == "ci-runner"
+
+
+def test_token_hash_reads_stdin(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(ALICE_TOKEN + "\n"))
+    assert cli.main(["token", "hash", "--principal", "alice"]) == 0
+    assert capsys.readouterr().out.strip() == token_line(ALICE_TOKEN, "alice")
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    assert cli.main(["token", "hash"]) == 2
+    assert cli.main(["token", "new", "--principal", "a/b"]) == 2

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Generator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
 from rnnserve.client._client_core import ClientCore
 from rnnserve.client._codec import decode_model, decode_result, decode_session, output_options
+from rnnserve.client._credentials import channel_credentials, channel_options
 from rnnserve.client._errors import RnnServeError
 from rnnserve.client._requests import (
     aim_generation,
@@ -57,7 +59,8 @@ class AsyncClient(ClientCore):
     Unary methods are coroutines; ``generate``/``Session.stream``/``Session.generate`` return
     async iterators; ``session``/``attach``/``restore`` can be awaited or used with
     ``async with``. Create it inside a running event loop; ``await client.close()`` (or
-    ``async with``) releases the channel.
+    ``async with``) releases the channel. Takes the same arguments as ``Client`` (``token``
+    and the ``tls*`` options included).
     """
 
     def __init__(
@@ -65,19 +68,31 @@ class AsyncClient(ClientCore):
         target: str,
         *,
         client_id: str | None = None,
+        token: str | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        tls: bool = False,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        tls_server_name: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
         channel: grpc.aio.Channel | None = None,
     ) -> None:
         owns_channel = channel is None
+        # Before the channel exists: a bad token must not leave an open channel behind.
+        super().__init__(target, client_id, timeout, retry, owns_channel, token)
         if channel is None:
+            if credentials is None:
+                credentials = channel_credentials(
+                    tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
+                )
+            settings = channel_options(list(options), tls_server_name)
             if credentials is not None:
-                channel = grpc.aio.secure_channel(target, credentials, options=list(options))
+                channel = grpc.aio.secure_channel(target, credentials, options=settings)
             else:
-                channel = grpc.aio.insecure_channel(target, options=list(options))
-        super().__init__(target, client_id, timeout, retry, owns_channel)
+                channel = grpc.aio.insecure_channel(target, options=settings)
         self._channel = channel
         self._rpc = AsyncRpc(channel, self._policy)
 

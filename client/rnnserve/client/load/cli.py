@@ -7,6 +7,11 @@ import sys
 from pathlib import Path
 
 import grpc
+from rnnserve.client._credentials import (
+    CredentialError,
+    add_connection_flags,
+    connection_from_args,
+)
 from rnnserve.client.load.config import DEFAULT_TARGET, MODES, ConfigError, LoadConfig
 from rnnserve.client.load.report import format_json, format_table
 from rnnserve.client.load.runner import run_load
@@ -93,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--timeout", type=float, default=30.0, help="deadline per call in seconds (default 30)")
     add("--identity", default="rnnserve-load", help="x-client-id metadata (default rnnserve-load)")
+    add_connection_flags(parser)
     add(
         "--metrics-url", help="the server's Prometheus endpoint, e.g. http://127.0.0.1:9090/metrics"
     )
@@ -111,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
     """The LoadConfig the parsed flags describe (raises ConfigError)."""
+    try:
+        connection = connection_from_args(args)
+    except CredentialError as err:
+        raise ConfigError(str(err)) from None
     return LoadConfig(
         target=args.target,
         model=args.model,
@@ -131,6 +141,12 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         connections=args.connections,
         timeout_s=args.timeout,
         identity=args.identity,
+        token=connection.token,
+        tls=connection.tls,
+        tls_ca=connection.tls_ca,
+        tls_cert=connection.tls_cert,
+        tls_key=connection.tls_key,
+        tls_server_name=connection.tls_server_name,
         metrics_url=args.metrics_url,
         seed=args.seed,
         progress=not args.no_progress and sys.stderr.isatty(),
@@ -147,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     try:
         result = run_load(config)
+    except CredentialError as err:  # a TLS file that cannot be read
+        print(f"rnnserve-load: {err}", file=sys.stderr)
+        return 2
     except grpc.aio.AioRpcError as err:
         print(
             f"rnnserve-load: {config.target}: {err.code().name}: {err.details()}", file=sys.stderr

@@ -6,6 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from rnnserve.client._call_policy import call_metadata
+from rnnserve.client._credentials import CredentialError, bearer_metadata
+
 Mode = Literal["stream", "step", "generate", "predict"]
 OutputFormatName = Literal["raw", "probabilities", "top_k", "none"]
 OutputStepsName = Literal["all", "last"]
@@ -61,7 +64,18 @@ class LoadConfig:
     timeout_s: float = 30.0
     """Deadline of each call."""
     identity: str = "rnnserve-load"
-    """Sent as `x-client-id` metadata."""
+    """Sent as `x-client-id` metadata (with a token: a sub-identity of its principal)."""
+    token: str | None = dataclasses.field(default=None, repr=False)
+    """Bearer token sent as `authorization: Bearer` on every call; never printed or reported."""
+    tls: bool = False
+    """Connect with TLS (implied by `tls_ca` and `tls_cert`)."""
+    tls_ca: str | None = None
+    """PEM CA bundle the server's certificate must chain to (default: the system's roots)."""
+    tls_cert: str | None = None
+    """PEM client certificate, for servers that require mutual TLS (with `tls_key`)."""
+    tls_key: str | None = None
+    tls_server_name: str | None = None
+    """Name to check the server's certificate against, when the target's host differs."""
     metrics_url: str | None = None
     """The server's Prometheus endpoint, scraped before and after the timed phase."""
     seed: int = 0
@@ -110,6 +124,22 @@ class LoadConfig:
             raise ConfigError(f"time_bucket_s: must be > 0, got {self.time_bucket_s}")
         if not self.target or ":" not in self.target:
             raise ConfigError(f"target: expected host:port, got {self.target!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key: give both (a client certificate and its key)")
+        try:
+            bearer_metadata(self.token)
+        except CredentialError as err:
+            raise ConfigError(str(err)) from None
+
+    @property
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata every call of the run carries: the token (if any) and the identity."""
+        return call_metadata(self.identity, self.token)
+
+    @property
+    def secure(self) -> bool:
+        """Whether the run connects with TLS."""
+        return self.tls or self.tls_ca is not None or self.tls_cert is not None
 
     @property
     def session_budget(self) -> int | None:

@@ -47,7 +47,7 @@ class RunContext:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("x-client-id", self.config.identity),)
+        return self.config.call_metadata
 
     @property
     def output(self) -> pb.OutputOptions:

@@ -29,7 +29,7 @@ async def describe_model(stub: pb_grpc.InferenceServiceStub, config: LoadConfig)
     request = pb.GetModelRequest(model=pb.ModelRef(name=config.model, version=config.version))
     try:
         reply = await stub.GetModel(
-            request, timeout=config.timeout_s, metadata=(("x-client-id", config.identity),)
+            request, timeout=config.timeout_s, metadata=config.call_metadata
         )
     except grpc.aio.AioRpcError as err:
         if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from rnnserve.client._credentials import channel_credentials, channel_options
 from rnnserve.client.load import prom
 from rnnserve.client.load.config import LoadConfig
 from rnnserve.client.load.drivers import RunContext, make_driver
@@ -46,7 +47,8 @@ class LoadResult:
     def to_dict(self, *, with_latencies: bool = False) -> dict[str, Any]:
         """A JSON-ready dict (latencies in seconds)."""
         data: dict[str, Any] = {
-            "config": dataclasses.asdict(self.config),
+            # The token is a credential: a result file never holds it.
+            "config": {k: v for k, v in dataclasses.asdict(self.config).items() if k != "token"},
             "model": dataclasses.asdict(self.model),
             "started_at": self.started_at,
             "client_cpu_s": self.client_cpu_s,
@@ -65,8 +67,13 @@ async def run_load_async(config: LoadConfig) -> LoadResult:
     """Run the load described by `config` against its target and return what it measured."""
     # A local subchannel pool per channel: otherwise channels to one target share a connection.
     options = [*_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    # Files are read once, before any channel opens (a bad file leaves nothing to close).
+    credentials = channel_credentials(
+        tls=config.tls, tls_ca=config.tls_ca, tls_cert=config.tls_cert, tls_key=config.tls_key
+    )
+    options = channel_options(options, config.tls_server_name)
     channels = [
-        grpc.aio.insecure_channel(config.target, options=options) for _ in range(config.connections)
+        _open_channel(config.target, credentials, options) for _ in range(config.connections)
     ]
     try:
         stubs = [pb_grpc.InferenceServiceStub(channel) for channel in channels]
@@ -105,6 +112,15 @@ async def run_load_async(config: LoadConfig) -> LoadResult:
         server=split,
         latencies=recorder.latency,
     )
+
+
+def _open_channel(
+    target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
+) -> grpc.aio.Channel:
+    """One channel to the target: TLS with `credentials`, plaintext without."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)
 
 
 def run_load(config: LoadConfig) -> LoadResult:

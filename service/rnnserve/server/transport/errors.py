@@ -36,6 +36,10 @@ class StreamProtocolError(domain.RnnServeError):
     """A Stream message out of protocol order (a step before `open`, a second `open`)."""
 
 
+class Unauthenticated(domain.RnnServeError):
+    """A call without a valid credential (bearer token or client certificate); transport/auth.py."""
+
+
 # Looked up along the exception's MRO, so a subclass the core adds later inherits its parent's
 # code. Anything not derived from these (a bug) becomes INTERNAL with a generic message.
 ERROR_TABLE: dict[type[domain.RnnServeError], grpc.StatusCode] = {
@@ -53,6 +57,7 @@ ERROR_TABLE: dict[type[domain.RnnServeError], grpc.StatusCode] = {
     domain.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     domain.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     StreamProtocolError: grpc.StatusCode.FAILED_PRECONDITION,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 
