@@ -55,22 +55,34 @@ RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonex
 
 COPY --from=build /opt/rnnserve /opt/rnnserve
 COPY --from=build /tmp/app/opt/rnnserve /opt/rnnserve
+# Runs `rnnserve "$@"`; for `serve` without a secret given, it generates one in the snapshot
+# volume at first start (see the script), so snapshots are always signed and no secret ships here.
+COPY scripts/container/entrypoint.sh /usr/local/bin/rnnserve-entrypoint.sh
 # The shipped models; mount a folder over /models to serve others.
 COPY models/repository /models
 
 # ORT_DISABLE_TELEMETRY: a server has no business persisting a device id (and the non-root user
 # has no home to persist it in, which onnxruntime would warn about at every start).
+# Inside the container the server listens on every interface (0.0.0.0), which the server refuses
+# without authentication unless told otherwise: RNNSERVE_ALLOW_UNAUTHENTICATED=true says so for
+# the local set-up, where the ports are published on 127.0.0.1 only (docker run -p 127.0.0.1:...,
+# docker-compose.yml). Publishing them further needs tokens: mount a tokens file, set
+# RNNSERVE_AUTH_TOKENS_FILE to it and RNNSERVE_ALLOW_UNAUTHENTICATED=false (README, "Security").
 ENV PATH=/opt/rnnserve/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     RNNSERVE_HOST=0.0.0.0 \
+    RNNSERVE_ALLOW_UNAUTHENTICATED=true \
     RNNSERVE_PORT=50051 \
+    RNNSERVE_METRICS_HOST=0.0.0.0 \
     RNNSERVE_METRICS_PORT=9090 \
     RNNSERVE_MODEL_REPOSITORY=/models \
     RNNSERVE_SNAPSHOT_DIR=/var/lib/rnnserve/snapshots \
     RNNSERVE_SHUTDOWN_GRACE_S=5 \
     ORT_DISABLE_TELEMETRY=1
 # Live sessions are written here on SIGTERM and read back at start: `docker restart` keeps them.
+# They are signed (HMAC) with RNNSERVE_SNAPSHOT_SECRET_FILE, or the secret the entrypoint generated
+# here at first start (.snapshot-secret, 0600).
 VOLUME ["/var/lib/rnnserve/snapshots"]
 WORKDIR /var/lib/rnnserve
 USER 10001:10001
@@ -81,5 +93,5 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
 # The server drains in-flight steps and snapshots sessions on SIGTERM within
 # RNNSERVE_SHUTDOWN_GRACE_S, inside docker stop's default 10 s.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["rnnserve"]
+ENTRYPOINT ["/bin/sh", "/usr/local/bin/rnnserve-entrypoint.sh"]
 CMD ["serve"]

@@ -164,12 +164,19 @@ docker run -d --name "$CONTAINER" \
 wait_healthy "$CONTAINER" 90
 GRPC_PORT="$(published_port "$CONTAINER" 50051)"
 METRICS_PORT="$(published_port "$CONTAINER" 9090)"
+# No secret was given: the entrypoint generated one in the volume, private to the server's user.
+SECRET_IN_VOLUME=/var/lib/rnnserve/snapshots/.snapshot-secret
+SECRET_MODE="$(docker exec "$CONTAINER" stat -c '%a %u' "$SECRET_IN_VOLUME")"
+[ "$SECRET_MODE" = "600 10001" ] || ctr_die "generated snapshot secret: mode/owner '$SECRET_MODE', not '600 10001'"
+SECRET_SUM="$(docker exec "$CONTAINER" sha256sum "$SECRET_IN_VOLUME")"
+ctr_log "snapshot secret generated in the volume (mode 600, uid 10001)"
 
 step "stream tokens vs in-process onnxruntime"
 STATE_FILE="$CTR_WORK/session-before-restart.json"
 "$PY" tests/e2e/container_check.py stream --target "127.0.0.1:$GRPC_PORT" --model "$MODEL" \
   --repository "$MODELS_DIR" --metrics "http://127.0.0.1:$METRICS_PORT/metrics" \
   --state-file "$STATE_FILE"
+"$PY" tests/e2e/container_check.py signed --target "127.0.0.1:$GRPC_PORT" --model "$MODEL"
 
 step "docker restart keeps the session"
 SINCE="$(date +%s)"
@@ -184,6 +191,20 @@ wait_healthy "$CONTAINER" 90
 GRPC_PORT="$(published_port "$CONTAINER" 50051)"
 "$PY" tests/e2e/container_check.py resume --target "127.0.0.1:$GRPC_PORT" --model "$MODEL" \
   --repository "$MODELS_DIR" --state-file "$STATE_FILE"
+[ "$(docker exec "$CONTAINER" sha256sum "$SECRET_IN_VOLUME")" = "$SECRET_SUM" ] \
+  || ctr_die "the generated snapshot secret changed across the restart"
+
+step "a read-only snapshot dir stops the start"
+# The server probes snapshot_dir at start: it must refuse now, not lose every session at stop.
+set +e
+RO_OUT="$(timeout 120 docker run --rm -e RNNSERVE_SNAPSHOT_SECRET=container-test \
+  -v "$CONTAINER-snapshots:/var/lib/rnnserve/snapshots:ro" "$IMAGE" 2>&1)"
+RO_CODE=$?
+set -e
+[ "$RO_CODE" -eq 1 ] || ctr_die "with a read-only snapshot dir the server exited $RO_CODE, not 1: $RO_OUT"
+grep -q "snapshot_dir /var/lib/rnnserve/snapshots: sessions could not be saved there" <<<"$RO_OUT" \
+  || ctr_die "no snapshot_dir error in the output: $RO_OUT"
+ctr_log "read-only snapshot dir: exit 1 at start, naming snapshot_dir"
 docker rm -f -v "$CONTAINER" >/dev/null
 docker volume rm -f "$CONTAINER-snapshots" >/dev/null
 
@@ -196,11 +217,23 @@ compose up -d --wait --wait-timeout 120 --no-build
 "$PY" tests/e2e/container_check.py stream --target "127.0.0.1:$RNNSERVE_PUBLISH_GRPC" \
   --model "$MODEL" --repository "$MODELS_DIR" \
   --metrics "http://127.0.0.1:$RNNSERVE_PUBLISH_METRICS/metrics"
+"$PY" tests/e2e/container_check.py signed --target "127.0.0.1:$RNNSERVE_PUBLISH_GRPC" \
+  --model "$MODEL"
 
 step "compose loadtest profile"
 LOAD_LOG="$CTR_WORK/loadtest.log"
 compose --profile loadtest run --rm --no-deps loadtest 2>&1 | tee "$LOAD_LOG"
 "$PY" tests/e2e/container_check.py load-report "$LOAD_LOG"
+
+step "compose with the operator's snapshot secret"
+# What an operator does (docker-compose.yml): a secret file of their own, readable by uid 10001.
+OPERATOR_SECRET="$CTR_WORK/operator-snapshot-secret"
+"$PY" -c 'import secrets; print(secrets.token_hex(32))' >"$OPERATOR_SECRET"
+chmod 0644 "$OPERATOR_SECRET"
+RNNSERVE_SNAPSHOT_SECRET_SOURCE="$OPERATOR_SECRET" \
+  compose up -d --wait --wait-timeout 120 --no-build --force-recreate rnnserve
+"$PY" tests/e2e/container_check.py signed --target "127.0.0.1:$RNNSERVE_PUBLISH_GRPC" \
+  --model "$MODEL" --secret-file "$OPERATOR_SECRET"
 
 step "compose down -v"
 compose --profile loadtest down -v --remove-orphans

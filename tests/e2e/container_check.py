@@ -9,6 +9,9 @@ Called by scripts/container_test.sh (not collected by pytest):
       --state-file, leaves one session open halfway and records it there.
   container_check.py resume --target ... --state-file FILE
       after `docker restart`: the recorded session must continue exactly where it stopped.
+  container_check.py signed --target ... [--secret-file FILE]
+      snapshots the container exports are signed (with FILE's secret, when given); it imports its
+      own, and refuses an unsigned copy of the same state (what a forger without the secret has).
   container_check.py load-report LOG
       the `rnnserve-load` table in LOG must show successful messages and zero failures.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import struct
 import sys
 import time
 import urllib.request
@@ -254,6 +258,59 @@ def run_resume(args: argparse.Namespace) -> None:
     )
 
 
+def run_signed(args: argparse.Namespace) -> None:
+    import grpc
+    from rnnserve.server import snapshot
+    from rnnserve.server.errors import InvalidSnapshot
+    from rnnserve.v1 import rnnserve_pb2 as pb
+    from rnnserve.v1 import rnnserve_pb2_grpc
+
+    who = (("x-client-id", CLIENT_ID),)
+    with grpc.insecure_channel(args.target) as channel:
+        stub = rnnserve_pb2_grpc.InferenceServiceStub(channel)
+        opened = stub.CreateSession(
+            pb.CreateSessionRequest(model=pb.ModelRef(name=args.model)), timeout=10, metadata=who
+        ).session.session_id
+        fed = pb.StepInput(tokens=pb.TokenIds(ids=[1, 2, 3]))
+        stub.Step(pb.StepRequest(session_id=opened, input=fed), timeout=10, metadata=who)
+        data = stub.ExportState(
+            pb.ExportStateRequest(session_id=opened), timeout=10, metadata=who
+        ).snapshot
+        (flags,) = struct.unpack_from("<H", data, len(snapshot.MAGIC) + 2)
+        if not flags & snapshot.FLAG_HMAC:
+            raise CheckFailed("the container exported an unsigned snapshot")
+        if args.secret_file is not None:
+            secret = args.secret_file.read_bytes().strip()
+            try:
+                snapshot.decode(data, secret)
+            except InvalidSnapshot as err:
+                raise CheckFailed(
+                    f"the snapshot is not signed with {args.secret_file}: {err}"
+                ) from None
+        copy = stub.ImportState(
+            pb.ImportStateRequest(snapshot=data), timeout=10, metadata=who
+        ).session
+        if copy.step_count != 3:
+            raise CheckFailed(f"its own snapshot imported at step {copy.step_count}, not 3")
+        unsigned = snapshot.encode(snapshot.decode(data))  # same state, no signature
+        try:
+            stub.ImportState(pb.ImportStateRequest(snapshot=unsigned), timeout=10, metadata=who)
+        except grpc.RpcError as err:
+            code, details = err.code(), err.details()
+            if code != grpc.StatusCode.INVALID_ARGUMENT or "not signed" not in details:
+                raise CheckFailed(
+                    f"an unsigned snapshot was refused with {code}: {details}"
+                ) from None
+        else:
+            raise CheckFailed("the container imported an unsigned snapshot")
+        for session_id in (opened, copy.session_id):
+            stub.CloseSession(
+                pb.CloseSessionRequest(session_id=session_id), timeout=10, metadata=who
+            )
+    signer = f"the secret in {args.secret_file}" if args.secret_file else "its secret"
+    print(f"signed: snapshots are signed with {signer}; an unsigned copy is refused")
+
+
 def run_load_report(args: argparse.Namespace) -> None:
     text = args.log.read_text(encoding="utf-8", errors="replace")
     match = re.search(r"Messages:\s+[\d,]+\s+ok\s+([\d,]+)\s+failed\s+([\d,]+)", text)
@@ -277,9 +334,18 @@ def main() -> int:
         command.add_argument("--state-file", type=Path, required=name == "resume")
         if name == "stream":
             command.add_argument("--metrics")
+    signed = commands.add_parser("signed")
+    signed.add_argument("--target", required=True)
+    signed.add_argument("--model", default="char-lstm")
+    signed.add_argument("--secret-file", type=Path)
     commands.add_parser("load-report").add_argument("log", type=Path)
     args = parser.parse_args()
-    handlers = {"stream": run_stream, "resume": run_resume, "load-report": run_load_report}
+    handlers = {
+        "stream": run_stream,
+        "resume": run_resume,
+        "signed": run_signed,
+        "load-report": run_load_report,
+    }
     try:
         handlers[args.command](args)
     except CheckFailed as failure:

@@ -272,9 +272,14 @@ def _integer(value: Any, where: str, low: int, high: int) -> int:
     return value
 
 
-def _text(value: Any, where: str, limit: int) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= limit or not value.isprintable():
-        raise _invalid(f"snapshot {where} must be printable text of 1 to {limit} characters")
+def _text(value: Any, where: str, limit: int, *, printable: bool = True) -> str:
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= limit
+        or (printable and not value.isprintable())
+    ):
+        kind = "printable text" if printable else "text"
+        raise _invalid(f"snapshot {where} must be {kind} of 1 to {limit} characters")
     return value
 
 
@@ -306,13 +311,17 @@ def _session(value: Any) -> SessionIdentity:
     ):
         raise _invalid("snapshot session record's created_at is not a time")
     sequence = fields.get("sequence")
+    # The owner and a KServe sequence id are whatever the server accepted from the caller: only
+    # their length is bounded here (a saved session must not become unrestorable).
     return SessionIdentity(
         session_id=session_id,
-        identity=_text(fields["identity"], "session record's identity", MAX_IDENTITY_LENGTH),
+        identity=_text(
+            fields["identity"], "session record's identity", MAX_IDENTITY_LENGTH, printable=False
+        ),
         created_at=float(created),
         sequence=None
         if sequence is None
-        else _text(sequence, "session record's sequence", MAX_IDENTITY_LENGTH),
+        else _text(sequence, "session record's sequence", MAX_IDENTITY_LENGTH, printable=False),
     )
 
 
