@@ -9,6 +9,7 @@ NaN) is the core's and comes back with a path under the input's name (`inputs[0]
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,7 @@ from rnnserve.server.domain import (
     StepOutcome,
 )
 from rnnserve.server.errors import InvalidInput
+from rnnserve.server.logs import safe
 from rnnserve.server.manifest import ModelManifest, TokenInput
 from rnnserve.server.transport.limits import (
     DEFAULT_LIMITS,
@@ -40,6 +42,7 @@ BACKEND = "onnxruntime"
 SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END = "sequence_id", "sequence_start", "sequence_end"
 OUTPUT_STEPS = "output_steps"
 SESSION_ID, STEP_COUNT = "rnnserve_session_id", "step_count"
+_VERSION = re.compile(r"[0-9]{1,18}")  # a model version as text
 # wire datatype -> (little-endian wire dtype, the native dtype the core takes)
 _DTYPES: dict[str, tuple[np.dtype[np.generic], np.dtype[np.generic]]] = {
     "INT64": (np.dtype("<i8"), np.dtype(np.int64)),
@@ -65,8 +68,10 @@ def decode_version(version: str, field: str = "model_version") -> int:
     """ "" -> 0 (latest); "2" -> 2."""
     if not version:
         return 0
-    if not version.isdigit():
-        raise InvalidInput(f"model version must be a number, got {version!r}", field=field)
+    # ASCII digits only: str.isdigit() also passes "²", which int() refuses (that was INTERNAL),
+    # and int() would read other scripts' digits; 18 digits fit any int64.
+    if _VERSION.fullmatch(version) is None:
+        raise InvalidInput(f"model version must be a number, got '{safe(version)}'", field=field)
     return int(version)
 
 
