@@ -7,7 +7,10 @@ continues bit for bit as it would have without the restarts.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import struct
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -196,6 +199,27 @@ async def test_a_session_kept_twice_is_restored_once(tiny_repository: Path, tmp_
         assert await restored_count(second, opened) == 2
         assert len(second.server.engine.sessions) == 2
     assert kept_files(directory) == []
+
+
+async def test_a_forged_header_is_invalid_argument_at_import(rpc: Running) -> None:
+    session_id = await open_session(rpc.stub, GRU_LM)
+    await step(rpc.stub, session_id, tokens([1, 2]))
+    exported = await rpc.stub.ExportState(
+        pb.ExportStateRequest(session_id=session_id), metadata=identity("alice")
+    )
+    data = bytes(exported.snapshot)
+    (header_len,) = struct.unpack_from("<I", data, 12)
+    header = json.loads(data[16 : 16 + header_len])
+    header["step_count"] = 2**62  # accepted before, then INTERNAL on use
+    forged_header = json.dumps(header).encode()
+    body = data[:12] + struct.pack("<I", len(forged_header)) + forged_header
+    body += data[16 + header_len : -32]
+    forged = body + hashlib.sha256(body).digest()  # a forger can always recompute the checksum
+    err = await expect_error(
+        rpc.stub.ImportState(pb.ImportStateRequest(snapshot=forged), metadata=identity("alice"))
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "step_count" in (err.details() or "")
 
 
 # ---- the snapshot dir must be writable at start ---------------------------------------------
