@@ -113,7 +113,7 @@ def _stateless_seeds(models: list[pb.ModelInfo]) -> list[Seed]:
     ]
     for model in models:
         name, ref = model.name, pb.ModelRef(name=model.name)
-        inputs = _inputs(model)
+        inputs = valid_inputs(model)
         seeds.append(_seed(RNNSERVE, "GetModel", pb.GetModelRequest(model=ref), f"get {name}"))
         seeds.append(
             _seed(RNNSERVE, "CreateSession", pb.CreateSessionRequest(model=ref), f"create {name}")
@@ -185,7 +185,7 @@ def _session_seeds(model: pb.ModelInfo, session_id: str) -> list[Seed]:
         pb.OutputOptions(steps=pb.OUTPUT_STEPS_LAST, format=pb.OUTPUT_FORMAT_PROBABILITIES),
         pb.OutputOptions(format=pb.OUTPUT_FORMAT_TOP_K, top_k=3),
     )
-    for (label, data), output in zip(_inputs(model), options, strict=False):
+    for (label, data), output in zip(valid_inputs(model), options, strict=False):
         seeds.append(
             _seed(
                 RNNSERVE,
@@ -219,7 +219,7 @@ def _session_seeds(model: pb.ModelInfo, session_id: str) -> list[Seed]:
     return seeds
 
 
-def _inputs(model: pb.ModelInfo) -> list[tuple[str, pb.StepInput]]:
+def valid_inputs(model: pb.ModelInfo) -> list[tuple[str, pb.StepInput]]:
     """Valid inputs for `model`: ids and text, or feature frames."""
     if model.input_kind == "features":
         frames = np.linspace(-1, 1, 3 * model.feature_width, dtype="<f4")

@@ -31,7 +31,7 @@ MAX_DEPTH = 6  # nested messages a mutation may reach into
 NOTE_CHARS = 60  # a value's repr is shortened to this in a case's note
 
 # Strings that reach deep code paths or abuse it: names that exist, parameters the servers read,
-# datatypes (KServe), ids, control characters, path tricks, long text.
+# datatypes (KServe), ids, control characters, path tricks, numbers int() misreads, long text.
 COMMON_STRINGS: tuple[str, ...] = (
     "",
     " ",
@@ -70,6 +70,11 @@ COMMON_STRINGS: tuple[str, ...] = (
     "features",
     "logits",
     "value",
+    "²",
+    "١٢",
+    "1e3",
+    "0x10",
+    "9" * 5_000,
     "x" * 300,
     "y" * 5_000,
     "z" * 70_000,
