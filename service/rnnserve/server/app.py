@@ -19,6 +19,7 @@ from rnnserve.server.logs import configure_logging
 from rnnserve.server.settings import Settings
 from rnnserve.server.transport.auth import AuthPolicy, CallGate, check_listener
 from rnnserve.server.transport.kserve.servicer import KServeServicer
+from rnnserve.server.transport.limits import limits_for, server_options
 from rnnserve.server.transport.registration import add_foreign_servicer, add_servicer
 from rnnserve.server.transport.servicer import InferenceServicer
 from rnnserve.server.transport.tls import bind, server_credentials
@@ -132,19 +133,27 @@ def build_server(settings: Settings) -> tuple[RnnServeServer, int]:
     check_listener(settings, auth)
     credentials = server_credentials(settings)
     engine = InferenceEngine(settings)
+    limits = limits_for(settings)  # request caps, and gRPC's receive limit derived from them
     # so_reuseport off: a second server on a taken port must fail, not silently share it.
     # The call gate authenticates every call (and holds its principal's call slot) before the
     # handler runs.
-    grpc_server = grpc.aio.server(interceptors=[CallGate(auth)], options=[("grpc.so_reuseport", 0)])
+    # server_options: an over-size message or metadata is refused by gRPC (RESOURCE_EXHAUSTED)
+    # before any Python runs.
+    grpc_server = grpc.aio.server(
+        interceptors=[CallGate(auth)],
+        options=[("grpc.so_reuseport", 0), *server_options(limits)],
+    )
     port = bind(grpc_server, _address(settings.host, settings.port), credentials)
     server = RnnServeServer(settings, engine, grpc_server, port)
     # Two front doors on one port, over the same core: steps from both share one batch.
     # Every service is registered from its descriptor with a request decoder that never raises:
     # bytes that do not parse answer INVALID_ARGUMENT (in-band inside a stream), not UNKNOWN.
     add_servicer(
-        grpc_server, _descriptor(rnnserve_pb2, "InferenceService"), InferenceServicer(engine)
+        grpc_server,
+        _descriptor(rnnserve_pb2, "InferenceService"),
+        InferenceServicer(engine, limits=limits),
     )
-    kserve = KServeServicer(engine, sequence_idle_s=settings.session_ttl_s)
+    kserve = KServeServicer(engine, sequence_idle_s=settings.session_ttl_s, limits=limits)
     add_servicer(grpc_server, _descriptor(kserve_pb2, "GRPCInferenceService"), kserve)
     add_foreign_servicer(grpc_server, _descriptor(health_pb2, "Health"), server.health)
     reflected = (INFERENCE_SERVICE, KSERVE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
