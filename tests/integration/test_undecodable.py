@@ -4,6 +4,8 @@ the stream and its session carry on as if the message had never been sent."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,6 +19,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 from prometheus_client import REGISTRY
 from rnnserve.kserve.v2 import grpc_service_pb2 as kpb
+from rnnserve.server.tokens import token_line
 from rnnserve.server.transport.kserve.servicer import KServeServicer
 from rnnserve.server.transport.registration import add_servicer, decoder_for
 from rnnserve.server.transport.undecodable import Undecodable
@@ -221,3 +224,21 @@ async def test_interceptors_run_before_services_registered_from_descriptors() ->
             assert reply.live
     finally:
         await server.stop(None)
+
+
+async def test_with_tokens_on_undecodable_bytes_are_unauthenticated_before_they_are_read(
+    serve: Callable[..., Awaitable[Running]], tmp_path: Path
+) -> None:
+    """The server's own authentication interceptor runs first: garbage without a token is
+    UNAUTHENTICATED (nothing was parsed); the same garbage with a valid token is
+    INVALID_ARGUMENT."""
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text(token_line("t0ken-for-the-undecodable-test", "alice") + "\n")
+    running = await serve(auth_tokens_file=tokens_file)
+    token = (("authorization", "Bearer t0ken-for-the-undecodable-test"),)
+    step_call = running.channel.unary_unary("/rnnserve.v1.InferenceService/Step")
+    refusals = (((), grpc.StatusCode.UNAUTHENTICATED), (token, grpc.StatusCode.INVALID_ARGUMENT))
+    for metadata, code in refusals:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await step_call(BAD_BODIES["truncated"], metadata=metadata, timeout=5)
+        assert caught.value.code() == code
