@@ -26,6 +26,7 @@ MALLORY = identity("mallory")
 ALICE = identity("alice")
 FORGED = "x\n2026-01-01 00:00:00,000 INFO    rnnserve.server.sessions [request=- session=-] ok"
 HUGE = "A" * 102_400  # 100 KB
+LONG = "B" * 128  # as long as the default max_id_length allows
 LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR|DEBUG) ")
 
 
@@ -116,17 +117,23 @@ async def test_the_owner_still_learns_why_a_session_is_gone(
         assert _details(err) == ("SESSION_NOT_FOUND", {"field": "session_id", "reason": reason})
 
 
-async def test_a_100kb_session_id_gets_a_plain_bounded_not_found(
-    serve: Callable[..., Awaitable[Running]],
-) -> None:
-    # Let the id past the length cap, to show the answer itself stays bounded.
-    running = await serve(max_id_length=200_000)
-    for session_id in (HUGE, FORGED, "id\x1b[2J\x1b[31m"):
-        err = await expect_error(step(running.stub, session_id, tokens([1])))
+async def test_hostile_session_ids_get_a_plain_bounded_not_found(rpc: Running) -> None:
+    for session_id in (LONG, FORGED, "id\x1b[2J\x1b[31m"):
+        err = await expect_error(step(rpc.stub, session_id, tokens([1])))
         assert err.code() == grpc.StatusCode.NOT_FOUND
         details = err.details() or ""
         assert details == f"session_id: session '{short_id(session_id)}' not found"
         assert len(details) < 100 and "\n" not in details and "\x1b" not in details
+
+
+async def test_a_100kb_session_id_gets_a_small_clean_refusal(rpc: Running) -> None:
+    # Not a metadata-size error: the id-length cap refuses it (INVALID_ARGUMENT naming the cap),
+    # or, past a raised cap, the session is simply not found; neither answer repeats the id.
+    err = await expect_error(step(rpc.stub, HUGE, tokens([1])))
+    details = err.details() or ""
+    assert err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), details
+    assert details.startswith("session_id: ") and len(details) < 100
+    assert "A" * 9 not in details
 
 
 @contextmanager
@@ -154,21 +161,22 @@ def server_log(level: int = logging.INFO) -> Iterator[tuple[io.StringIO, io.Stri
 async def test_hostile_session_ids_make_one_capped_escaped_log_line_each(
     serve: Callable[..., Awaitable[Running]],
 ) -> None:
-    running = await serve(max_id_length=200_000)
-    hostile = (FORGED, "id\x1b[2J\x1b[31mred", HUGE)
+    running = await serve()
+    hostile = (FORGED, "id\x1b[2J\x1b[31mred", LONG, HUGE)
     with server_log() as (plain, structured):
         for session_id in hostile:
             await expect_error(step(running.stub, session_id, tokens([1])))
     lines = plain.getvalue().splitlines()
-    refusals = [line for line in lines if "Step -> NOT_FOUND" in line]
+    refusals = [line for line in lines if "Step -> " in line]
     assert len(refusals) == len(hostile)  # one line per refused call, no more
     for line in lines:
         assert LINE_START.match(line), line  # nothing starts a line but the formatter
         assert "\x1b" not in line and len(line) < 400
     assert "session 'x\\n2026-0…' not found" in refusals[0]  # the newline, escaped
     entries = [json.loads(line) for line in structured.getvalue().splitlines()]
-    refused = [entry for entry in entries if entry.get("code") == "NOT_FOUND"]
-    assert [entry["session_id"] for entry in refused] == [short_id(s) for s in hostile]
+    not_found = [entry["session_id"] for entry in entries if entry.get("code") == "NOT_FOUND"]
+    # (the 100 KB id may be refused by the id-length cap before it is looked up)
+    assert not_found[:3] == [short_id(s) for s in hostile[:3]]
     assert all(len(json.dumps(entry)) < 600 for entry in entries)
 
 
