@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from threading import Thread
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
-from prometheus_client import start_http_server
 from rnnserve.kserve.v2 import grpc_service_pb2 as kserve_pb2
 from rnnserve.server.engine import InferenceEngine
 from rnnserve.server.logs import configure_logging
+from rnnserve.server.metrics_http import MetricsEndpoint, metrics_endpoint_for
 from rnnserve.server.settings import Settings
 from rnnserve.server.transport.auth import AuthPolicy, CallGate, check_listener
 from rnnserve.server.transport.kserve.servicer import KServeServicer
@@ -46,28 +45,33 @@ class RnnServeServer:
     """
 
     def __init__(
-        self, settings: Settings, engine: InferenceEngine, grpc_server: Any, port: int
+        self,
+        settings: Settings,
+        engine: InferenceEngine,
+        grpc_server: Any,
+        port: int,
+        *,
+        metrics: MetricsEndpoint | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.grpc_server = grpc_server
         self.port = port
         self.health = HealthServicer()
-        self.metrics_port: int | None = None
-        self._metrics_http: Any = None
-        self._metrics_thread: Thread | None = None
+        self.metrics_port: int | None = None  # the metrics endpoint's bound port once started
+        self._metrics = metrics
         self._stopping = False
 
     async def start(self) -> None:
         """Start serving: bind, load models and restore sessions, then report SERVING."""
         await self._set_health(_NOT_SERVING)
         await self.grpc_server.start()
-        self._start_metrics()
         try:
+            await self._start_metrics()
             await self.engine.start()
         except BaseException:
             await self.grpc_server.stop(None)
-            self._stop_metrics()
+            await self._stop_metrics()
             raise
         await self._set_health(_SERVING)
         log.info("serving rnnserve.v1 on port %d", self.port, extra={"port": self.port})
@@ -86,7 +90,7 @@ class RnnServeServer:
         finally:
             await self.grpc_server.stop(min(grace, FLUSH_GRACE_S))
             await refusing
-            self._stop_metrics()
+            await self._stop_metrics()
         log.info("stopped")
 
     async def wait_for_termination(self) -> None:
@@ -97,19 +101,20 @@ class RnnServeServer:
         for service in ("", INFERENCE_SERVICE, KSERVE_SERVICE):
             await self.health.set(service, status)
 
-    def _start_metrics(self) -> None:
-        port = self.settings.metrics_port
-        if port is None or port < 0:
+    async def _start_metrics(self) -> None:
+        if self._metrics is None:
             return
-        self._metrics_http, self._metrics_thread = start_http_server(port, addr=self.settings.host)
-        self.metrics_port = int(self._metrics_http.server_port)
-        log.info("metrics on port %d", self.metrics_port, extra={"port": self.metrics_port})
+        self.metrics_port = await self._metrics.start()
+        log.info(
+            "metrics on %s port %d",
+            self._metrics.host,
+            self.metrics_port,
+            extra={"port": self.metrics_port},
+        )
 
-    def _stop_metrics(self) -> None:
-        if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
-            self._metrics_http = None
+    async def _stop_metrics(self) -> None:
+        if self._metrics is not None:
+            await self._metrics.close()
 
 
 def _address(host: str, port: int) -> str:
@@ -132,6 +137,8 @@ def build_server(settings: Settings) -> tuple[RnnServeServer, int]:
     auth = AuthPolicy.from_settings(settings)
     check_listener(settings, auth)
     credentials = server_credentials(settings)
+    # The metrics endpoint follows the same rule, or asks for the same tokens (metrics_auth).
+    metrics = metrics_endpoint_for(settings, auth.tokens)
     engine = InferenceEngine(settings)
     limits = limits_for(settings)  # request caps, and gRPC's receive limit derived from them
     # so_reuseport off: a second server on a taken port must fail, not silently share it.
@@ -144,14 +151,14 @@ def build_server(settings: Settings) -> tuple[RnnServeServer, int]:
         options=[("grpc.so_reuseport", 0), *server_options(limits)],
     )
     port = bind(grpc_server, _address(settings.host, settings.port), credentials)
-    server = RnnServeServer(settings, engine, grpc_server, port)
+    server = RnnServeServer(settings, engine, grpc_server, port, metrics=metrics)
     # Two front doors on one port, over the same core: steps from both share one batch.
     # Every service is registered from its descriptor with a request decoder that never raises:
     # bytes that do not parse answer INVALID_ARGUMENT (in-band inside a stream), not UNKNOWN.
     add_servicer(
         grpc_server,
         _descriptor(rnnserve_pb2, "InferenceService"),
-        InferenceServicer(engine, limits=limits),
+        InferenceServicer(engine, limits=limits, write_timeout_s=settings.generate_write_timeout_s),
     )
     kserve = KServeServicer(engine, sequence_idle_s=settings.session_ttl_s, limits=limits)
     add_servicer(grpc_server, _descriptor(kserve_pb2, "GRPCInferenceService"), kserve)

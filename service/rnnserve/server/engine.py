@@ -368,11 +368,20 @@ class InferenceEngine(InferenceCore):
     async def generate(
         self, request: GenerationRequest, identity: str
     ) -> AsyncIterator[GeneratedToken]:
-        """Sample tokens from a language model, yielding each as soon as it is produced."""
-        with self._work():
-            async with contextlib.aclosing(self.generation.generate(request, identity)) as tokens:
-                async for token in tokens:
-                    yield token
+        """Sample tokens from a language model, yielding each as soon as it is produced.
+
+        The generation counts as in flight (drained by `stop`) only while it produces a token,
+        not while its caller holds one: a client that stops reading cannot hold up shutdown, and
+        once shutdown has begun the next token is refused (ShuttingDown).
+        """
+        in_flight = self._work()
+        async with contextlib.aclosing(self.generation.generate(request, identity)) as tokens:
+            while True:
+                with in_flight:
+                    token = await anext(tokens, None)
+                if token is None:
+                    return
+                yield token
 
 
 class _InFlight:

@@ -40,6 +40,10 @@ class Unauthenticated(domain.RnnServeError):
     """A call without a valid credential (bearer token or client certificate); transport/auth.py."""
 
 
+class ClientNotReading(domain.RnnServeError):
+    """A server-streaming reply the client left unread for the write timeout (writer.py)."""
+
+
 # Looked up along the exception's MRO, so a subclass the core adds later inherits its parent's
 # code. Anything not derived from these (a bug) becomes INTERNAL with a generic message.
 ERROR_TABLE: dict[type[domain.RnnServeError], grpc.StatusCode] = {
@@ -58,6 +62,7 @@ ERROR_TABLE: dict[type[domain.RnnServeError], grpc.StatusCode] = {
     domain.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     StreamProtocolError: grpc.StatusCode.FAILED_PRECONDITION,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    ClientNotReading: grpc.StatusCode.RESOURCE_EXHAUSTED,  # its reply buffer stayed full
 }
 
 

@@ -11,11 +11,12 @@ from rnnserve.server.domain import SessionView
 from rnnserve.server.logs import SESSION_ID
 from rnnserve.server.transport import codecs
 from rnnserve.server.transport.context import deadline_of, identity_of
-from rnnserve.server.transport.errors import rpc_handler
+from rnnserve.server.transport.errors import ClientNotReading, rpc_handler
 from rnnserve.server.transport.limits import DEFAULT_LIMITS, RequestLimits
 from rnnserve.server.transport.offload import is_large, run_sized
 from rnnserve.server.transport.steps import run_step
 from rnnserve.server.transport.stream import StreamConversation
+from rnnserve.server.transport.writer import DEFAULT_WRITE_TIMEOUT_S, PacedWriter
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc
 
@@ -23,9 +24,16 @@ from rnnserve.v1 import rnnserve_pb2_grpc
 class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
     """The gRPC face of the serving core; holds no state of its own."""
 
-    def __init__(self, core: InferenceCore, *, limits: RequestLimits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        core: InferenceCore,
+        *,
+        limits: RequestLimits = DEFAULT_LIMITS,
+        write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S,
+    ) -> None:
         self._core = core
         self._limits = limits  # request caps, checked before any decoding
+        self._write_timeout_s = write_timeout_s  # how long a Generate waits for its client
 
     @rpc_handler
     async def Stream(
@@ -37,19 +45,28 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
                 yield response
 
     @rpc_handler
-    async def Generate(
+    async def Generate(  # type: ignore[override]  # writes itself (grpc's coroutine form)
         self, request: pb.GenerateRequest, context: Any
-    ) -> AsyncIterator[pb.GenerateResponse]:
+    ) -> None:
         generation = codecs.decode_generation(request, self._limits)
         if generation.session_id:
             SESSION_ID.set(generation.session_id)
+        # The engine computes a token only when asked for it, and it is asked only once the
+        # previous one was handed to gRPC: nothing runs ahead of the client's flow control. A
+        # client that reads nothing for the write timeout ends the call and frees its session.
         # aclosing: when the client cancels, the handler task is cancelled here and the engine's
         # generator is closed at once, so no further token is computed.
+        writer = PacedWriter(context, self._write_timeout_s)
         tokens = self._core.generate(generation, identity_of(context))
         async with aclosing(tokens) as stream:  # type: ignore[type-var]
             async for token in stream:
                 SESSION_ID.set(token.session_id)
-                yield codecs.encode_token(token)
+                if not await writer.write(codecs.encode_token(token)):
+                    raise ClientNotReading(
+                        f"the client read nothing for {writer.timeout_s:g} s "
+                        f"(generate_write_timeout_s); generation stopped after token "
+                        f"{token.index}, at session step count {token.step_count}"
+                    )
 
     @rpc_handler
     async def CreateSession(

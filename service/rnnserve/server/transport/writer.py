@@ -1,0 +1,65 @@
+"""Writing a server stream's replies one at a time, each within a bounded wait for the client.
+
+What this builds on (grpc 1.85 aio, measured; docs/errors.md, "Generate and a client that stops
+reading"):
+- `context.write` (and the `yield` of an async-generator handler, which grpc turns into one)
+  completes once HTTP/2 flow control admits the message: while the client's receive window has
+  room, whether or not the client's application reads. A client that stops reading lets its
+  window fill (64 KiB; up to ~4 MiB once grpc's BDP probing has grown it) and the next write then
+  waits for as long as the client does, with the handler, its session and its engine work held.
+- Cancelling that wait does not take the message back: gRPC still delivers it if the client reads
+  again, and a status sent afterwards is queued behind it (the client reads every reply, then the
+  status).
+- If the call's headers rode in the batch of a write that timed out, grpc would add them again to
+  the status batch, which gRPC core refuses, and the call hangs. So the headers go first, on their
+  own (they are not flow-controlled: that completes at once).
+
+So the handler writes explicitly, one message at a time, and gives up after `timeout_s`: the
+producer (the engine) is asked for the next message only after the previous write completed, so
+nothing is computed ahead of what gRPC accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import grpc.aio
+from rnnserve.server.settings import Settings
+
+DEFAULT_WRITE_TIMEOUT_S = float(Settings.model_fields["generate_write_timeout_s"].default)
+
+
+class PacedWriter:
+    """Writes replies to one server-streaming call; `write` says False when the client stopped
+    reading for `timeout_s`, after which the call must end (its status follows the last reply)."""
+
+    __slots__ = ("_context", "_headers_sent", "timeout_s")
+
+    def __init__(self, context: Any, timeout_s: float = DEFAULT_WRITE_TIMEOUT_S) -> None:
+        self._context = context
+        self._headers_sent = False
+        self.timeout_s = timeout_s
+
+    async def write(self, message: Any) -> bool:
+        """Hand `message` to gRPC; False if it was not accepted within `timeout_s`.
+
+        A message that timed out is still delivered if the client reads again: it counts as
+        handed over. A call that ended under the write (the client cancelled, its deadline
+        passed, the connection or the server closed) raises CancelledError, as grpc's own
+        cancellation of the handler does: the race between the two decides which comes first.
+        """
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if not self._headers_sent:
+                    await self._context.send_initial_metadata(())
+                    self._headers_sent = True
+                await self._context.write(message)
+        except TimeoutError:
+            return False
+        except grpc.aio.AbortError:
+            raise
+        except grpc.aio.BaseError as err:  # ExecuteBatchError, server stopped: the call is over
+            raise asyncio.CancelledError(f"the call ended during a write: {err}") from err
+        return True
