@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from rnnserve.server.security import SecurityConfigError, is_loopback
 from rnnserve.server.settings import Settings
-from rnnserve.server.tokens import TokenTable
+from rnnserve.server.tokens import TokenTable, bearer_token
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ MAX_HEADERS = 64
 HEAD_TIMEOUT_S = 10.0  # to send the whole request head
 WRITE_TIMEOUT_S = 10.0  # to take the response
 MAX_CONNECTIONS = 128
-MAX_TOKEN_LENGTH = 1024  # a generated token is 43 characters
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -318,11 +317,8 @@ def _authorized(headers: dict[str, list[str]], tokens: TokenTable) -> bool:
     values = headers.get("authorization", [])
     if len(values) != 1:
         return False
-    scheme, _, token = values[0].partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_LENGTH:
-        return False
-    return tokens.principal_of(token) is not None
+    token = bearer_token(values[0])
+    return token is not None and tokens.principal_of(token) is not None
 
 
 def metrics_endpoint_for(settings: Settings, tokens: TokenTable | None) -> MetricsEndpoint | None:

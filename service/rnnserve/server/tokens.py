@@ -23,6 +23,10 @@ PRINCIPAL_PATTERN = re.compile(r"[A-Za-z0-9._@+-]{1,128}")
 _LINE = re.compile(r"sha256:([0-9a-fA-F]{64})[ \t]+(\S+)")
 # 32 random bytes: as strong as the hash that stores it.
 TOKEN_BYTES = 32
+BEARER_SCHEME = "bearer"
+# Longest accepted token: a generated one is 43 characters; anything near gRPC's metadata limit
+# is not a token, and hashing it would be wasted work.
+MAX_TOKEN_LENGTH = 1024
 
 
 class TokenFileError(SecurityConfigError):
@@ -45,6 +49,20 @@ def new_token() -> str:
 def digest_of(token: str) -> bytes:
     """The sha256 digest a token is stored and compared as."""
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+def bearer_token(header: str) -> str | None:
+    """The token of an `authorization` value `Bearer <token>`; None when it is not one."""
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if (
+        scheme.lower() != BEARER_SCHEME
+        or not token
+        or len(token) > MAX_TOKEN_LENGTH
+        or any(c.isspace() or not c.isprintable() for c in token)
+    ):
+        return None
+    return token
 
 
 def hash_token(token: str) -> str:

@@ -12,6 +12,7 @@ from rnnserve.server.security import SecurityConfigError, check_exposure, is_loo
 from rnnserve.server.tokens import (
     TokenFileError,
     TokenTable,
+    bearer_token,
     hash_token,
     new_token,
     token_line,
@@ -155,3 +156,20 @@ def test_token_hash_reads_stdin(
     monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
     assert cli.main(["token", "hash"]) == 2
     assert cli.main(["token", "new", "--principal", "a/b"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        ("Bearer abc", "abc"),
+        ("bearer  abc ", "abc"),
+        ("Basic abc", None),
+        ("Bearer", None),
+        ("Bearer a b", None),
+        ("Bearer a\x00b", None),
+        ("Bearer " + "x" * 1025, None),
+    ],
+)
+def test_bearer_token_parses_one_header_value(header: str, token: str | None) -> None:
+    # One parser for the gRPC interceptor and the metrics endpoint.
+    assert bearer_token(header) == token

@@ -33,7 +33,7 @@ from rnnserve.server import errors as domain
 from rnnserve.server.logs import REQUEST_ID
 from rnnserve.server.security import check_exposure
 from rnnserve.server.settings import Settings
-from rnnserve.server.tokens import TokenTable
+from rnnserve.server.tokens import TokenTable, bearer_token
 from rnnserve.server.transport.context import (
     CALL_IDENTITY,
     client_id_from,
@@ -45,11 +45,7 @@ from rnnserve.server.transport.errors import Unauthenticated, abort, report
 from rnnserve.server.transport.observe import record_call
 
 AUTHORIZATION_KEY = "authorization"
-BEARER_SCHEME = "bearer"
 CERT_PRINCIPAL_PREFIX = "cert:"
-# Longest accepted token: a generated one is 43 characters; anything near gRPC's metadata limit
-# is not a token, and hashing it would be wasted work.
-MAX_TOKEN_LENGTH = 1024
 HEALTH_SERVICES = frozenset({health_pb2.DESCRIPTOR.services_by_name["Health"].full_name})
 REFLECTION_SERVICES = frozenset(
     {"grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}
@@ -117,14 +113,8 @@ def bearer_principal(metadata: Iterable[Any] | None, tokens: TokenTable) -> str 
         return None
     if len(values) > 1:
         raise Unauthenticated(f"{len(values)} authorization headers; send exactly one")
-    scheme, _, token = values[0].partition(" ")
-    token = token.strip()
-    if (
-        scheme.lower() != BEARER_SCHEME
-        or not token
-        or len(token) > MAX_TOKEN_LENGTH
-        or any(c.isspace() or not c.isprintable() for c in token)
-    ):
+    token = bearer_token(values[0])
+    if token is None:
         raise Unauthenticated("malformed authorization header: expected 'Bearer <token>'")
     principal = tokens.principal_of(token)
     if principal is None:
