@@ -8,6 +8,8 @@ the caps) are refused by gRPC itself (RESOURCE_EXHAUSTED) before any handler run
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from typing import Any
 
 import grpc
@@ -237,3 +239,20 @@ async def test_kserve_large_stateless_batch_equals_its_rows(rpc: Running) -> Non
     first = np.frombuffer(row.raw_output_contents[0], "<f4").reshape(list(row.outputs[0].shape))
     assert batch.shape[:2] == (512, 8)
     np.testing.assert_allclose(batch[0], first[0], atol=1e-6)
+
+
+async def test_refused_requests_do_not_stay_in_memory(rpc: Running) -> None:
+    """grpc keeps an aborted call's exception in a cycle with its context; through it, the
+    frames and the request. Each refused request must be freed at once, not at the next full
+    garbage collection (which let the issue's refused Predicts pile up to hundreds of MB)."""
+    body = pb.PredictRequest(model=pb.ModelRef(name=TAGGER), sequences=[tokens([1])] * 5000)
+    gc.collect()
+    gc.disable()  # only reference counting frees anything now
+    try:
+        for _ in range(10):
+            assert_refused(await expect_error(rpc.stub.Predict(body)), INVALID, "sequences")
+        await asyncio.sleep(0.05)  # the turn after the last refusal
+        alive = sum(1 for o in gc.get_objects() if isinstance(o, pb.PredictRequest))
+    finally:
+        gc.enable()
+    assert alive <= 1  # grpc's server loop holds on to the last call's state only

@@ -254,10 +254,29 @@ class _HandledCall:
             elif isinstance(err, Exception):
                 failure = report(err, self._name)
                 code = failure.code
-                await abort(self._context, err, failure)
+                try:
+                    await abort(self._context, err, failure)
+                except BaseException as aborted:
+                    _forget_soon(aborted)
+                    raise
         finally:
             record_call(self._name, code.name, time.perf_counter() - self._started)
             _end(self._tokens)
+
+
+def _forget_soon(aborted: BaseException) -> None:
+    """Drop what an aborted call's exception holds, once grpc has caught it (next loop turn).
+
+    grpc keeps the AbortError in a cycle with the call's context; through its traceback and the
+    error it was raised in, every frame of the call (the request among their locals) stayed in
+    memory until a full garbage collection: a refused 420 KB Predict kept ~7 MB, tens at a time.
+    """
+
+    def forget() -> None:
+        aborted.__traceback__ = None
+        aborted.__context__ = aborted.__cause__ = None
+
+    asyncio.get_running_loop().call_soon(forget)
 
 
 def _begin(context: Any) -> tuple[Any, Any]:
