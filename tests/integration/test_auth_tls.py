@@ -431,6 +431,8 @@ async def test_load_generator_over_tls_and_token(
         auth_tokens_file=tokens_file,
         tls_cert_file=server.cert_file,
         tls_key_file=server.key_file,
+        metrics_port=0,
+        metrics_auth=True,
     )
     config = LoadConfig(
         target=f"127.0.0.1:{running.port}",
@@ -441,12 +443,15 @@ async def test_load_generator_over_tls_and_token(
         warmup_messages=2,
         token=ALICE_TOKEN,
         tls_ca=str(ca.cert_file),
+        metrics_url=f"http://127.0.0.1:{running.server.metrics_port}/metrics",
     )
     assert ALICE_TOKEN not in repr(config)
     result = await run_load_async(config)
     assert result.summary.messages_ok == 4 * 20
     assert result.summary.messages_failed == 0
     assert result.summary.codes == {"OK": 4 * 20}
+    # The token also opened the metrics endpoint (metrics_auth): the server's own split is there.
+    assert result.server is not None and result.server.steps_queued > 0
     assert ALICE_TOKEN not in str(result.to_dict())
 
 

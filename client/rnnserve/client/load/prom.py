@@ -47,9 +47,14 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     )
 
 
-def scrape(url: str, timeout_s: float = 5.0) -> Samples:
-    """Fetch and parse a metrics endpoint (blocking; call it off the event loop)."""
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+def scrape(url: str, timeout_s: float = 5.0, token: str | None = None) -> Samples:
+    """Fetch and parse a metrics endpoint (blocking; call it off the event loop).
+
+    `token` is sent as `Authorization: Bearer` for a server started with `metrics_auth`.
+    """
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
         return parse_samples(response.read().decode("utf-8", errors="replace"))
 
 

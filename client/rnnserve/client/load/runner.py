@@ -90,13 +90,13 @@ async def run_load_async(config: LoadConfig) -> LoadResult:
                 start_position=min(config.start_position, max_chunk),
             )
             await _phase(stubs, warmup, inputs, Recorder(), max_chunk, progress=False)
-        before = await _scrape(config.metrics_url)
+        before = await _scrape(config.metrics_url, config.token)
         started_at = datetime.now(UTC).isoformat(timespec="seconds")
         recorder = Recorder()
         cpu = time.process_time()
         elapsed = await _phase(stubs, config, inputs, recorder, max_chunk, progress=config.progress)
         client_cpu = time.process_time() - cpu
-        after = await _scrape(config.metrics_url)
+        after = await _scrape(config.metrics_url, config.token)
     finally:
         for channel in channels:
             await channel.close()
@@ -128,11 +128,11 @@ def run_load(config: LoadConfig) -> LoadResult:
     return asyncio.run(run_load_async(config))
 
 
-async def _scrape(url: str | None) -> prom.Samples | None:
+async def _scrape(url: str | None, token: str | None) -> prom.Samples | None:
     if url is None:
         return None
     try:
-        return await asyncio.to_thread(prom.scrape, url)
+        return await asyncio.to_thread(prom.scrape, url, token=token)
     except OSError:
         return None  # metrics are an extra: an unreachable endpoint must not fail the run
 
