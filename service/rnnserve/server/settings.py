@@ -17,7 +17,8 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address the gRPC server binds.")
     port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0 picks a free one).")
     metrics_port: int | None = Field(
-        default=9090, description="Prometheus metrics HTTP port on `host`; unset/-1 disables it."
+        default=9090,
+        description="Prometheus metrics HTTP port on `metrics_host`; unset/-1 disables it.",
     )
     model_repository: Path = Field(
         default=Path("models/repository"), description="Folder of <name>/model.json + <version>/."
