@@ -39,6 +39,15 @@ async def _exchange(port: int, request: bytes) -> tuple[int, dict[str, str], byt
     return int(status_line.split(" ")[1]), headers, body
 
 
+def _created(body: bytes) -> float:
+    """The CreateSession OK count in a text exposition (0 before the first)."""
+    sample = b'rnnserve_requests_total{code="OK",method="CreateSession"} '
+    for line in body.splitlines():
+        if line.startswith(sample):
+            return float(line[len(sample) :])
+    return 0.0
+
+
 def _get(path: str = "/metrics", *headers: str) -> bytes:
     lines = [f"GET {path} HTTP/1.1", "Host: metrics", *headers, "", ""]
     return "\r\n".join(lines).encode()
@@ -48,14 +57,16 @@ async def test_metrics_are_served_and_count_requests(
     serve: Callable[..., Awaitable[Running]],
 ) -> None:
     running = await serve(metrics_port=0)
-    await open_session(running.stub, GRU_LM)
     port = running.server.metrics_port
     assert port
+    # The registry is the process's own: other tests' calls are in it too, so count the change.
+    before = _created((await _exchange(port, _get()))[2])
+    await open_session(running.stub, GRU_LM)
     status, headers, body = await _exchange(port, _get())
     assert status == 200
     assert headers["content-type"].startswith("text/plain; version=0.0.4")  # what Prometheus reads
     assert int(headers["content-length"]) == len(body)
-    assert b'rnnserve_requests_total{code="OK",method="CreateSession"} 1.0' in body
+    assert _created(body) == before + 1
     assert (await _exchange(port, _get("/metrics?format=text")))[0] == 200  # query ignored
 
 
