@@ -8,9 +8,10 @@ import logging
 from collections.abc import AsyncIterator
 
 import numpy as np
-from rnnserve.server import snapshot_files, snapshot_signing
+from rnnserve.server import offload, snapshot_files, snapshot_signing
 from rnnserve.server.core import InferenceCore
 from rnnserve.server.domain import (
+    FloatArray,
     GeneratedToken,
     GenerationRequest,
     InputData,
@@ -241,7 +242,9 @@ class InferenceEngine(InferenceCore):
                 served = self.registry.served(session.key)
                 check_options(options)
                 try:
-                    inputs = served.validate(data)
+                    inputs = await offload.run_sized(
+                        offload.is_long_text(data), served.validate, data
+                    )
                 except InvalidInput as err:
                     raise err.with_field_prefix(input_field) from None
                 raw = await served.run(inputs, session.slot, deadline)
@@ -343,12 +346,9 @@ class InferenceEngine(InferenceCore):
             check_options(options)
             if not sequences:
                 raise InvalidInput("at least one sequence is required", field=input_field)
-            inputs = []
-            for index, data in enumerate(sequences):
-                try:
-                    inputs.append(served.validate(data))
-                except InvalidInput as err:
-                    raise err.with_field_prefix(f"{input_field}[{index}]") from None
+            # Validating and building the results of many sequences leaves the event loop.
+            large = offload.is_large(len(sequences), 0) or any(map(offload.is_long_text, sequences))
+            inputs = await offload.run_sized(large, _validate_all, served, sequences, input_field)
             tasks = [asyncio.ensure_future(served.run(x, None)) for x in inputs]
             try:
                 raws = await asyncio.gather(*tasks)
@@ -356,14 +356,7 @@ class InferenceEngine(InferenceCore):
                 for task in tasks:
                     task.cancel()
                 raise
-            return [
-                StepOutcome(
-                    outputs=build_outputs(served.manifest.outputs, raw, options),
-                    steps=int(x.shape[0]),
-                    step_count=int(x.shape[0]),
-                )
-                for raw, x in zip(raws, inputs, strict=True)
-            ]
+            return await offload.run_sized(large, _outcomes, served, raws, inputs, options)
 
     async def generate(
         self, request: GenerationRequest, identity: str
@@ -382,6 +375,36 @@ class InferenceEngine(InferenceCore):
                 if token is None:
                     return
                 yield token
+
+
+def _validate_all(
+    served: ServedModel, sequences: list[InputData], input_field: str
+) -> list[ModelInput]:
+    """Every sequence of a Predict checked against the model; fields "<input_field>[i].<field>"."""
+    inputs = []
+    for index, data in enumerate(sequences):
+        try:
+            inputs.append(served.validate(data))
+        except InvalidInput as err:
+            raise err.with_field_prefix(f"{input_field}[{index}]") from None
+    return inputs
+
+
+def _outcomes(
+    served: ServedModel,
+    raws: list[list[FloatArray]],
+    inputs: list[ModelInput],
+    options: OutputOptions,
+) -> list[StepOutcome]:
+    """A Predict's results, one per sequence (each ran from the initial state)."""
+    return [
+        StepOutcome(
+            outputs=build_outputs(served.manifest.outputs, raw, options),
+            steps=int(x.shape[0]),
+            step_count=int(x.shape[0]),
+        )
+        for raw, x in zip(raws, inputs, strict=True)
+    ]
 
 
 class _InFlight:

@@ -70,7 +70,11 @@ class BatchScheduler:
         self.store = store
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
+        # Session steps are served first; stateless rows (Predict) fill what they leave, with a
+        # quarter of every batch kept for them so they never starve. A big Predict then delays a
+        # streaming session by one batch at most, not by all of its rows.
         self._queue: deque[StepRequest] = deque()
+        self._bulk: deque[StepRequest] = deque()
         # groups taken from the queue and waiting for the worker (a batch of mixed lengths)
         self._groups: deque[list[StepRequest]] = deque()
         self._call: ModelCall | None = None  # the group in the worker now
@@ -99,10 +103,11 @@ class BatchScheduler:
         """Queue one message (inputs [steps] or [steps, width]); await `request.future`."""
         if self._closed:
             raise ShuttingDown("the server is shutting down")
-        if len(self._queue) >= self.max_queue:
-            retry = self._call_seconds * (len(self._queue) / self.max_batch_size + 1)
+        waiting = len(self._queue) + len(self._bulk)
+        if waiting >= self.max_queue:
+            retry = self._call_seconds * (waiting / self.max_batch_size + 1)
             raise Overloaded(
-                f"model {self.model.key} has {len(self._queue)} messages queued (max_queue "
+                f"model {self.model.key} has {waiting} messages queued (max_queue "
                 f"{self.max_queue}); retry shortly",
                 retry_after_s=max(0.005, retry),
             )
@@ -112,7 +117,7 @@ class BatchScheduler:
         if deadline is not None:
             # loop.time() is time.monotonic(), the clock deadlines are given in
             request.timer = self._loop.call_at(deadline, self._expire, request)
-        self._queue.append(request)
+        self._queue_of(request).append(request)
         if self._call is None and not self._dispatch_scheduled:
             self._dispatch_scheduled = True
             self._loop.call_soon(self._dispatch)
@@ -123,7 +128,7 @@ class BatchScheduler:
         if request.status is not RequestStatus.QUEUED:
             return False
         try:
-            self._queue.remove(request)
+            self._queue_of(request).remove(request)
         except ValueError:
             return False
         request.status = RequestStatus.DONE
@@ -138,7 +143,7 @@ class BatchScheduler:
         if request.status is not RequestStatus.QUEUED:
             return
         with contextlib.suppress(ValueError):
-            self._queue.remove(request)
+            self._queue_of(request).remove(request)
         request.status = RequestStatus.DONE
         if not request.future.done():
             request.future.set_exception(
@@ -164,8 +169,9 @@ class BatchScheduler:
         """
         self._closed = True
         error = ShuttingDown("the server is shutting down")
-        self._fail(list(self._queue), error)
+        self._fail([*self._queue, *self._bulk], error)
         self._queue.clear()
+        self._bulk.clear()
         self._fail_taken(error)
         if self._worker is not None:
             self._worker.close()
@@ -179,7 +185,7 @@ class BatchScheduler:
         try:
             while True:
                 if not self._groups:
-                    if not self._queue:
+                    if not self._queue and not self._bulk:
                         return
                     groups: dict[int, list[StepRequest]] = {}
                     for request in self._take_batch():
@@ -192,16 +198,26 @@ class BatchScheduler:
         except Exception as err:  # a bug here must not stop every session of the model
             log.exception("scheduler error for %s", self.model.key)
             self._fail_taken(err)
-            if self._queue and self._loop is not None:
+            if (self._queue or self._bulk) and self._loop is not None:
                 self._dispatch_scheduled = True
                 self._loop.call_soon(self._dispatch)
 
+    def _queue_of(self, request: StepRequest) -> deque[StepRequest]:
+        return self._queue if request.slot is not None else self._bulk
+
     def _take_batch(self) -> list[StepRequest]:
-        """Up to max_batch_size live requests from the head of the queue; expired ones fail."""
+        """Up to max_batch_size live requests, session steps first; expired ones fail."""
         now = time.monotonic()
+        kept_for_bulk = min(len(self._bulk), self.max_batch_size // 4)
+        batch = self._take(self._queue, self.max_batch_size - kept_for_bulk, now)
+        batch += self._take(self._bulk, self.max_batch_size - len(batch), now)
+        return batch
+
+    def _take(self, queue: deque[StepRequest], room: int, now: float) -> list[StepRequest]:
+        """Up to `room` live requests from the head of `queue`."""
         batch: list[StepRequest] = []
-        while self._queue and len(batch) < self.max_batch_size:
-            request = self._queue.popleft()
+        while queue and len(batch) < room:
+            request = queue.popleft()
             if request.timer is not None:
                 request.timer.cancel()
                 request.timer = None
@@ -340,7 +356,7 @@ class BatchScheduler:
                 request.pieces.append([o[index] for o in outputs])
                 request.status = RequestStatus.QUEUED
                 request.enqueued_at = time.monotonic()
-                self._queue.append(request)
+                self._queue_of(request).append(request)
             else:
                 finished.append(index)
         committing = [i for i in finished if order[i].slot is not None]

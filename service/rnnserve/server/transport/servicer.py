@@ -9,11 +9,11 @@ from typing import Any
 from rnnserve.server.core import InferenceCore
 from rnnserve.server.domain import SessionView
 from rnnserve.server.logs import SESSION_ID
+from rnnserve.server.offload import is_large, run_sized
 from rnnserve.server.transport import codecs
 from rnnserve.server.transport.context import deadline_of, identity_of
 from rnnserve.server.transport.errors import ClientNotReading, rpc_handler
 from rnnserve.server.transport.limits import DEFAULT_LIMITS, RequestLimits
-from rnnserve.server.transport.offload import is_large, run_sized
 from rnnserve.server.transport.steps import run_step
 from rnnserve.server.transport.stream import StreamConversation
 from rnnserve.server.transport.writer import DEFAULT_WRITE_TIMEOUT_S, PacedWriter

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from rnnserve.server.core import InferenceCore
+from rnnserve.server.offload import LARGE_RESULT_STEPS
 from rnnserve.server.transport import codecs
 from rnnserve.server.transport.limits import DEFAULT_LIMITS, RequestLimits
-from rnnserve.server.transport.offload import LARGE_RESULT_STEPS
 from rnnserve.v1 import rnnserve_pb2 as pb
 
 

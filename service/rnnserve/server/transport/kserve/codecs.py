@@ -27,6 +27,7 @@ from rnnserve.server.domain import (
 from rnnserve.server.errors import InvalidInput
 from rnnserve.server.logs import safe
 from rnnserve.server.manifest import ModelManifest, TokenInput
+from rnnserve.server.offload import is_large
 from rnnserve.server.transport.limits import (
     DEFAULT_LIMITS,
     RequestLimits,
@@ -34,7 +35,6 @@ from rnnserve.server.transport.limits import (
     check_id,
     check_steps,
 )
-from rnnserve.server.transport.offload import is_large
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"

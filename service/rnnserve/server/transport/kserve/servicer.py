@@ -13,12 +13,12 @@ from rnnserve.server.core import InferenceCore
 from rnnserve.server.domain import ModelDescription
 from rnnserve.server.errors import ModelNotFound, ModelNotStreamable, ShuttingDown
 from rnnserve.server.logs import SESSION_ID
+from rnnserve.server.offload import run_sized
 from rnnserve.server.transport.context import deadline_of, identity_of
 from rnnserve.server.transport.errors import report, rpc_handler
 from rnnserve.server.transport.kserve import codecs
 from rnnserve.server.transport.limits import DEFAULT_LIMITS, RequestLimits
 from rnnserve.server.transport.observe import record_call
-from rnnserve.server.transport.offload import run_sized
 from rnnserve.server.transport.undecodable import Undecodable
 
 SERVER_NAME = "rnnserve"
