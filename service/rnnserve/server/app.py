@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from rnnserve.kserve.v2 import grpc_service_pb2 as kserve_pb2
+from rnnserve.server.allocator import fix_mmap_threshold
 from rnnserve.server.engine import InferenceEngine
 from rnnserve.server.logs import configure_logging
 from rnnserve.server.metrics_http import MetricsEndpoint, metrics_endpoint_for
@@ -175,6 +176,7 @@ def build_server(settings: Settings) -> tuple[RnnServeServer, int]:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully within settings.shutdown_grace_s."""
     configure_logging(settings.log_level, json_format=settings.log_json)
+    fix_mmap_threshold()  # refused multi-MB requests must not stay in RSS
     server, _ = build_server(settings)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
