@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PROTO_DIR := protos
 MODEL_REPOSITORY ?= models/repository
 
-.PHONY: help serve venv venv-dev test test-fast lint typecheck proto proto-check data models bench container-test clean
+.PHONY: help serve venv venv-dev test test-fast lint typecheck proto proto-check data models bench fuzz abuse container-test clean
 
 help:
 	@echo "make serve     fresh clone -> running server on the shipped models (+ a client demo)"
@@ -15,6 +15,8 @@ help:
 	@echo "make data      fetch the pinned training data (sha256-checked) into .cache/data"
 	@echo "make models    retrain and export the whole shipped model repository"
 	@echo "make bench     run the benchmark (docs/benchmarks.md)"
+	@echo "make fuzz      fuzz every request type for FUZZ_SECONDS (default 300 s)"
+	@echo "make abuse     abusive requests vs another client's latency and the server's RSS"
 
 $(VENV)/.server: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +63,18 @@ models: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(PY) bench/run.py
+
+# The request fuzzer's longer run (the suite runs 900 cases): fails on any INTERNAL, UNKNOWN,
+# hang or server death. FUZZ_CASES / FUZZ_SECONDS bound it; the summary goes to FUZZ_OUT.
+FUZZ_CASES ?= 20000
+FUZZ_SECONDS ?= 300
+FUZZ_OUT ?= $(or $(TMPDIR),/tmp)/rnnserve-fuzz.json
+fuzz: $(VENV)/.dev
+	$(PY) bench/fuzz.py --cases $(FUZZ_CASES) --duration $(FUZZ_SECONDS) --out $(FUZZ_OUT)
+
+# One client's abusive requests vs another's latency and the server's RSS (docs/security/).
+abuse: $(VENV)/.dev
+	$(PY) bench/abuse.py
 
 container-test: $(VENV)/.dev
 	bash scripts/container_test.sh
