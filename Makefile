@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PROTO_DIR := protos
 MODEL_REPOSITORY ?= models/repository
 
-.PHONY: help serve venv venv-dev test test-fast lint typecheck proto proto-check data models bench fuzz abuse container-test clean
+.PHONY: help serve venv venv-dev test test-fast lint typecheck proto proto-check data models bench fuzz abuse scale-deps container-test clean
 
 help:
 	@echo "make serve     fresh clone -> running server on the shipped models (+ a client demo)"
@@ -63,6 +63,16 @@ models: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(PY) bench/run.py
+
+# The real servers scale-out needs (issue 11): Redis 7 and HAProxy 2.6 from Debian's packages.
+# Needs root (CI runs as root); tests that need them skip without them unless
+# RNNSERVE_REQUIRE_SCALE_DEPS=1 (set by .ci/run), which turns the skip into a failure.
+scale-deps:
+	@command -v redis-server >/dev/null && command -v haproxy >/dev/null || { \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server haproxy >/dev/null; }
+	redis-server --version
+	haproxy -v | head -1
 
 # The request fuzzer's longer run (the suite runs 900 cases): fails on any INTERNAL, UNKNOWN,
 # hang or server death. FUZZ_CASES / FUZZ_SECONDS bound it; the summary goes to FUZZ_OUT.
