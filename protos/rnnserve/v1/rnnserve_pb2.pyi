@@ -401,10 +401,17 @@ class StepResult(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
     STEP_COUNT_FIELD_NUMBER: _builtins.int
+    DURABLE_STEP_COUNT_FIELD_NUMBER: _builtins.int
     steps: _builtins.int
     """Steps consumed by this message."""
     step_count: _builtins.int
     """Steps the session has consumed since it was opened or last reset (after this message)."""
+    durable_step_count: _builtins.int
+    """With a shared state tier (--state-store redis): the step count whose state the tier holds.
+    Everything up to it survives the loss of this server process; a client that keeps the inputs
+    after it can replay them on another replica. With durability sync it equals step_count;
+    with batch it may lag. Unset with the in-memory store (nothing survives a crash).
+    """
     @_builtins.property
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Output]:
         """One entry per model output."""
@@ -415,12 +422,15 @@ class StepResult(_message.Message):
         outputs: _abc.Iterable[Global___Output] | None = ...,
         steps: _builtins.int = ...,
         step_count: _builtins.int = ...,
+        durable_step_count: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_durable_step_count", b"_durable_step_count", "durable_step_count", b"durable_step_count"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["outputs", b"outputs", "step_count", b"step_count", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_durable_step_count", b"_durable_step_count", "durable_step_count", b"durable_step_count", "outputs", b"outputs", "step_count", b"step_count", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__durable_step_count: _TypeAlias = _typing.Literal["durable_step_count"]  # noqa: Y015
+    _WhichOneofArgType__durable_step_count: _TypeAlias = _typing.Literal["_durable_step_count", b"_durable_step_count"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__durable_step_count) -> _WhichOneofReturnType__durable_step_count | None: ...
 
 Global___StepResult: _TypeAlias = StepResult  # noqa: Y015
 
@@ -437,6 +447,7 @@ class SessionInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     STATE_BYTES_FIELD_NUMBER: _builtins.int
+    DURABLE_STEP_COUNT_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Server-made, unguessable id."""
     model: _builtins.str
@@ -451,6 +462,8 @@ class SessionInfo(_message.Message):
     """Unix time (seconds) the session will expire if left idle."""
     state_bytes: _builtins.int
     """Bytes of recurrent state the session holds on the server."""
+    durable_step_count: _builtins.int
+    """As StepResult.durable_step_count."""
     def __init__(
         self,
         *,
@@ -461,12 +474,15 @@ class SessionInfo(_message.Message):
         created_at: _builtins.float = ...,
         expires_at: _builtins.float = ...,
         state_bytes: _builtins.int = ...,
+        durable_step_count: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_durable_step_count", b"_durable_step_count", "durable_step_count", b"durable_step_count"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "model", b"model", "session_id", b"session_id", "state_bytes", b"state_bytes", "step_count", b"step_count", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_durable_step_count", b"_durable_step_count", "created_at", b"created_at", "durable_step_count", b"durable_step_count", "expires_at", b"expires_at", "model", b"model", "session_id", b"session_id", "state_bytes", b"state_bytes", "step_count", b"step_count", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__durable_step_count: _TypeAlias = _typing.Literal["durable_step_count"]  # noqa: Y015
+    _WhichOneofArgType__durable_step_count: _TypeAlias = _typing.Literal["_durable_step_count", b"_durable_step_count"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__durable_step_count) -> _WhichOneofReturnType__durable_step_count | None: ...
 
 Global___SessionInfo: _TypeAlias = SessionInfo  # noqa: Y015
 

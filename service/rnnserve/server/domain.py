@@ -58,6 +58,9 @@ class StepOutcome:
     outputs: list[OutputResult]
     steps: int
     step_count: int
+    # With a shared state tier: the step count the tier holds for the session (what survives a
+    # crash of this process); None with the in-memory store.
+    durable_step_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class SessionView:
     created_at: float
     expires_at: float
     state_bytes: int
+    durable_step_count: int | None = None  # as in StepOutcome
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from rnnserve.server.postprocess import build_outputs, check_options
 from rnnserve.server.registry import ModelRegistry, ServedModel
 from rnnserve.server.sessions import Session, SessionManager
 from rnnserve.server.settings import Settings
+from rnnserve.server.state_tier.redis_tier import RedisStateTier
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ class InferenceEngine(InferenceCore):
             max_tokens=settings.max_generate_tokens,
             stopping=lambda: self._stopping,
         )
+        # The shared state tier (Redis), or None: sessions live in this process's memory only.
+        self.tier: RedisStateTier | None = None
+        if settings.state_store == "redis":
+            self.tier = RedisStateTier(settings, self.sessions, self.persistence)
         self._started = False
         self._stopping = False
         self._in_flight = _InFlight()
@@ -84,6 +89,10 @@ class InferenceEngine(InferenceCore):
         if self.settings.snapshot_dir is not None:
             await asyncio.to_thread(snapshot_files.probe_writable, self.settings.snapshot_dir)
         await self.registry.load()
+        if self.tier is not None:
+            await self.tier.start()
+            for served in self.registry:
+                served.after_step = self.tier.after_step
         self.sessions.start_reaper()
         kept = 0
         if self.settings.snapshot_dir is not None:
@@ -113,6 +122,8 @@ class InferenceEngine(InferenceCore):
                 )
         await self.registry.stop()
         await self.sessions.stop_reaper()
+        if self.tier is not None and self._started:
+            await self.tier.stop()
         if self.settings.snapshot_dir is not None and self._started:
             await self.persistence.save(self.settings.snapshot_dir)
 
@@ -156,6 +167,8 @@ class InferenceEngine(InferenceCore):
             served = self.registry.resolve(name, version)
             served.require_streamable()
             session = self.sessions.create(name, served.model.version, identity)
+            if self.tier is not None:
+                await self.tier.created(session)
             # INFO shows the id's prefix and no owner: the log is no list of who holds which id.
             log.info("session %s created on %s", short_id(session.session_id), served.model.key)
             return self.sessions.view(session)
@@ -175,6 +188,8 @@ class InferenceEngine(InferenceCore):
             if not start:
                 return self.sessions.view(self.sessions.find_sequence(identity, name, sequence))
             session = self.sessions.create(name, served.model.version, identity, sequence=sequence)
+            if self.tier is not None:
+                await self.tier.created(session)
             log.info(
                 "session %s opened for sequence %s on %s",
                 short_id(session.session_id),
@@ -186,14 +201,25 @@ class InferenceEngine(InferenceCore):
     async def get_session(self, session_id: str, identity: str) -> SessionView:
         """The session's description (also checks it still exists and belongs to `identity`)."""
         with self._work():
+            await self._hold(session_id, identity)
             return self.sessions.view(self.sessions.get(session_id, identity))
 
     async def reset_session(self, session_id: str, identity: str) -> SessionView:
         """Back to the initial state and step count 0."""
         with self._work():
+            await self._hold(session_id, identity)
             session = self.sessions.acquire(session_id, identity)
             try:
+                before = session.store.read(session.slot)
                 session.store.reset(session.slot)
+                if self.tier is not None and self.tier.durability == "sync":
+                    try:
+                        await self.tier.persist(session)
+                    except BaseException:
+                        session.store.write(session.slot, before)
+                        raise
+                elif self.tier is not None:
+                    self.tier.after_step(session.key, session.slot)
             finally:
                 self.sessions.release(session)
             return self.sessions.view(session)
@@ -201,11 +227,16 @@ class InferenceEngine(InferenceCore):
     async def close_session(self, session_id: str, identity: str) -> SessionView:
         """Close the session; later calls on it are told it was closed."""
         with self._work():
-            return self.sessions.view(self.sessions.close(session_id, identity))
+            await self._hold(session_id, identity)
+            view = self.sessions.view(self.sessions.close(session_id, identity))
+            if self.tier is not None:
+                await self.tier.settle(session_id)
+            return view
 
     async def export_state(self, session_id: str, identity: str) -> tuple[bytes, SessionView]:
         """A snapshot of the session's state (bound to this model version and weights)."""
         with self._work():
+            await self._hold(session_id, identity)
             session = self.sessions.acquire(session_id, identity)
             try:
                 data = self.persistence.export(session)
@@ -216,7 +247,16 @@ class InferenceEngine(InferenceCore):
     async def import_state(self, snapshot: bytes, identity: str) -> SessionView:
         """A new session (owned by `identity`) continuing from a snapshot."""
         with self._work():
-            return self.sessions.view(self.persistence.load(snapshot, identity))
+            session = self.persistence.load(snapshot, identity)
+            if self.tier is not None:
+                await self.tier.created(session)
+            return self.sessions.view(session)
+
+    async def _hold(self, session_id: str, identity: str) -> None:
+        """With a shared state tier, load a session this process does not hold (failover, or
+        evicted from memory) before it is looked up."""
+        if self.tier is not None and session_id not in self.sessions:
+            await self.tier.load(session_id, identity)
 
     # Steps.
 
@@ -237,6 +277,7 @@ class InferenceEngine(InferenceCore):
         caller's request (empty: fields relative to the input, "tokens.ids[3]").
         """
         with self._work():
+            await self._hold(session_id, identity)
             session = self.sessions.acquire(session_id, identity, expected_step_count)
             try:
                 served = self.registry.served(session.key)
@@ -252,6 +293,7 @@ class InferenceEngine(InferenceCore):
                     outputs=build_outputs(served.manifest.outputs, raw, options),
                     steps=int(inputs.shape[0]),
                     step_count=session.step_count,
+                    durable_step_count=session.written_step,
                 )
             finally:
                 self.sessions.release(session)
@@ -273,6 +315,7 @@ class InferenceEngine(InferenceCore):
         of the call and commits nothing. Errors about the session itself raise.
         """
         with self._work():
+            await self._hold(session_id, identity)
             session = self.sessions.acquire(session_id, identity)
             try:
                 served = self.registry.served(session.key)
@@ -326,6 +369,9 @@ class InferenceEngine(InferenceCore):
                 ),
                 steps=len(x),
                 step_count=step_count,
+                durable_step_count=(
+                    None if session.written_step is None else min(session.written_step, step_count)
+                ),
             )
 
     async def predict(
@@ -368,6 +414,9 @@ class InferenceEngine(InferenceCore):
         once shutdown has begun the next token is refused (ShuttingDown).
         """
         in_flight = self._work()
+        if request.session_id:
+            with in_flight:
+                await self._hold(request.session_id, identity)
         async with contextlib.aclosing(self.generation.generate(request, identity)) as tokens:
             while True:
                 with in_flight:

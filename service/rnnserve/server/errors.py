@@ -122,3 +122,26 @@ class DeadlineExceeded(RnnServeError):
 
 class ShuttingDown(RnnServeError):
     """The server is draining and accepts no new work."""
+
+
+class StateTierUnavailable(RnnServeError):
+    """The shared state tier (Redis) did not answer; the step's state was rolled back. Retry."""
+
+    reason = "state_tier_unavailable"
+
+
+class SessionMoved(RnnServeError):
+    """Another process owns the session now (its lease, or newer state, is in the state tier).
+
+    This process dropped its copy and changed nothing; the same call, retried, reaches the owner
+    (through the proxy) or, once the owner's lease has lapsed, loads the session here.
+    """
+
+    reason = "session_moved"
+
+
+class SessionStateInvalid(RnnServeError):
+    """A session's record in the state tier does not parse, fails its signature, or is for a
+    model version (or weights) this server does not serve; only that session is affected."""
+
+    reason = "session_state_invalid"

@@ -71,3 +71,27 @@ SNAPSHOT_UNRESTORED = Counter(
 STATE_BYTES = Gauge(
     "rnnserve_state_bytes", "Bytes of recurrent state held by live sessions.", ["model"]
 )
+TIER_DURABLE_LAG = Gauge(
+    "rnnserve_state_tier_durable_lag_steps",
+    "Steps held in memory and not yet acknowledged by the state tier, over all sessions (what a "
+    "kill -9 would lose with durability batch or none; 0 with sync).",
+)
+TIER_WRITES_IN_FLIGHT = Gauge(
+    "rnnserve_state_tier_writes_in_flight",
+    "Session records in the state-tier write being sent now (batch mode's loss window).",
+)
+TIER_ERRORS = Counter(
+    "rnnserve_state_tier_errors_total",
+    "State-tier failures by kind: unavailable (Redis did not answer), moved (another process "
+    "owns the session; this copy dropped), invalid (a record this server cannot use).",
+    ["kind"],
+)
+TIER_LOADS = Counter(
+    "rnnserve_state_tier_loads_total",
+    "Sessions loaded from the state tier into this process's memory (failover or reload after "
+    "eviction).",
+)
+TIER_EVICTIONS = Counter(
+    "rnnserve_state_tier_evictions_total",
+    "Idle sessions dropped from memory to the state tier (session_cache_size).",
+)

@@ -45,6 +45,11 @@ class SessionPersistence:
         self._secret = secret
         self._require_secret = require_secret
 
+    @property
+    def secret(self) -> bytes | None:
+        """The snapshot signing secret (None: snapshots are only checksummed)."""
+        return self._secret
+
     def export(self, session: Session, *, with_identity: bool = False) -> bytes:
         """The session's snapshot, bound to its model version and weights."""
         served = self._registry.served(session.key)
@@ -77,6 +82,12 @@ class SessionPersistence:
                 field="snapshot",
             )
         return self._admit(snapshot.decode(data, self._secret), identity)
+
+    def admit_record(self, decoded: snapshot.Snapshot) -> Session:
+        """A live session continuing from a state-tier record: same id, owner and birth."""
+        if decoded.session is None:
+            raise InvalidSnapshot("the record has no session identity", field="snapshot")
+        return self._admit(decoded, decoded.session.identity, saved=True)
 
     def _admit(self, decoded: snapshot.Snapshot, identity: str, *, saved: bool = False) -> Session:
         """The one way a snapshot becomes a session (a saved one keeps its id and birth)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from rnnserve.server.domain import FloatArray, InputData, ModelDescription
@@ -34,6 +34,9 @@ class ServedModel:
     scheduler: BatchScheduler
     codec: TextCodec | None
     max_steps_per_message: int
+    # Told of every committed session step (model key, slot): a shared state tier writes it; an
+    # awaitable it returns (sync durability) is awaited before the step's result is returned.
+    after_step: Callable[[ModelKey, int], Awaitable[None] | None] | None = None
 
     @property
     def manifest(self) -> ModelManifest:
@@ -64,10 +67,21 @@ class ServedModel:
         request = self.scheduler.submit(inputs, slot, deadline)
         try:
             # the scheduler fails the request with DeadlineExceeded if it is still queued then
-            return await request.future
+            rows = await request.future
         except asyncio.CancelledError:
             self.scheduler.abandon(request)
             raise
+        if slot is not None and self.after_step is not None:
+            durable = self.after_step((self.manifest.name, self.model.version), slot)
+            if durable is not None:
+                try:
+                    await durable
+                except BaseException:
+                    # not durable (state tier unreachable, session moved) or cancelled meanwhile:
+                    # the step is undone in memory, so the state moves only with a result
+                    self.scheduler.abandon(request)
+                    raise
+        return rows
 
     def require_streamable(self) -> None:
         """Refuse sessions on a whole-sequence (bidirectional) model."""

@@ -69,6 +69,10 @@ class Session:
     # The client's own name for the session's sequence (a KServe / Triton correlation id), unique
     # per identity and model; None for sessions opened by their server-made id.
     sequence: str | None = None
+    # With a shared state tier: the step count of the state the tier holds, as this process last
+    # wrote it (None: not written yet), and whether the memory copy is newer than that.
+    written_step: int | None = None
+    dirty: bool = False
 
     @property
     def key(self) -> ModelKey:
@@ -112,6 +116,11 @@ class SessionManager:
         # Live sessions per principal; a principal with none has no entry (bounded memory).
         self._per_principal: Counter[str] = Counter()
         self._reaper: asyncio.Task[None] | None = None
+        # Sessions by (model key, slot), for the state tier's write after a step of a slot.
+        self._by_slot: dict[tuple[ModelKey, int], Session] = {}
+        # Told of every removal (closed, expired, reclaimed) — not of `drop` — e.g. so that a
+        # shared state tier deletes the session's record.
+        self.on_remove: Callable[[Session, str], None] | None = None
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -119,6 +128,17 @@ class SessionManager:
     def live(self) -> Iterator[Session]:
         """Every live session (a snapshot of the list, safe to mutate the manager meanwhile)."""
         return iter(list(self._sessions.values()))
+
+    def oldest(self) -> Iterator[Session]:
+        """Live sessions, least recently used first (lazy: do not change the manager meanwhile)."""
+        return iter(self._sessions.values())
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._sessions
+
+    def at_slot(self, key: ModelKey, slot: int) -> Session | None:
+        """The live session holding `slot` of model version `key`, if any."""
+        return self._by_slot.get((key, slot))
 
     def count_of(self, principal: str) -> int:
         """How many live sessions `principal` holds (all its sub-identities together)."""
@@ -163,6 +183,7 @@ class SessionManager:
             sequence=sequence,
         )
         self._sessions[session_id] = session
+        self._by_slot[(session.key, session.slot)] = session
         self._per_principal[principal_of(identity)] += 1
         self._tombstones.pop(session_id, None)
         if sequence is not None:
@@ -268,14 +289,34 @@ class SessionManager:
         if self._sessions.get(session.session_id) is session:
             self._remove(session, reason)
 
-    def _remove(self, session: Session, reason: str, counted_as: str | None = None) -> None:
-        """Drop a session; `reason` is what its owner is told, `counted_as` the metric label."""
+    def drop(self, session: Session) -> None:
+        """Take a session out of memory only: it lives on in the shared state tier (evicted to
+        it, or moved to another process). No tombstone: its next call loads it again."""
+        if self._sessions.get(session.session_id) is not session:
+            return
+        self._forget(session)
+        if session.sequence is not None:
+            key = (session.identity, session.model, session.sequence)
+            if self._sequences.get(key) is session:
+                del self._sequences[key]
+        if not session.busy:
+            session.store.release(session.slot)
+
+    def _forget(self, session: Session) -> None:
+        """Take a session out of every index and count (the slot is the caller's to release)."""
         del self._sessions[session.session_id]
+        self._by_slot.pop((session.key, session.slot), None)
         session.closed = True
         principal = principal_of(session.identity)
         self._per_principal[principal] -= 1
         if self._per_principal[principal] <= 0:
             del self._per_principal[principal]
+        metrics.ACTIVE_SESSIONS.labels(session.model).dec()
+        metrics.STATE_BYTES.labels(session.model).dec(session.store.slot_bytes)
+
+    def _remove(self, session: Session, reason: str, counted_as: str | None = None) -> None:
+        """Drop a session; `reason` is what its owner is told, `counted_as` the metric label."""
+        self._forget(session)
         tombstone = Tombstone(reason, session.identity)
         if session.sequence is not None:
             key = (session.identity, session.model, session.sequence)
@@ -285,8 +326,8 @@ class SessionManager:
         if not session.busy:
             session.store.release(session.slot)
         self._remember(session.session_id, tombstone)
-        metrics.ACTIVE_SESSIONS.labels(session.model).dec()
-        metrics.STATE_BYTES.labels(session.model).dec(session.store.slot_bytes)
+        if self.on_remove is not None:
+            self.on_remove(session, reason)
         if reason != "closed":
             metrics.EVICTIONS.labels(counted_as or reason).inc()
         log.info("session %s %s", short_id(session.session_id), reason)
@@ -323,6 +364,7 @@ class SessionManager:
             created_at=session.created_at,
             expires_at=self._wall() + max(0.0, self.ttl_s - idle),
             state_bytes=session.store.slot_bytes,
+            durable_step_count=session.written_step,
         )
 
     def start_reaper(self) -> None:

@@ -118,6 +118,32 @@ class Settings(BaseSettings):
         gt=0,
         description="A Generate whose client reads nothing for this long is ended.",
     )
+    # ---- state tier (README "Scale out") ---------------------------------------------------------
+    state_store: Literal["memory", "redis"] = Field(
+        default="memory",
+        description="Where session state lives: memory (one process) or redis (shared, failover).",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="The Redis server of the redis state store."
+    )
+    durability: Literal["sync", "batch", "none"] = Field(
+        default="sync",
+        description="redis: sync (reply after Redis has the state), batch, or none (evict/stop).",
+    )
+    owner_lease_s: float = Field(
+        default=10.0, gt=0, description="redis: how long a process owns a session without renewal."
+    )
+    instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="redis: this process's owner name (default: random per start, logged).",
+    )
+    session_cache_size: int = Field(
+        default=0,
+        ge=0,
+        description="redis: most sessions held in memory, LRU idle ones evicted (0 = no bound).",
+    )
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="Drain time on SIGTERM.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Least severe log level written."

@@ -335,6 +335,7 @@ def encode_session(view: SessionView) -> pb.SessionInfo:
         created_at=view.created_at,
         expires_at=view.expires_at,
         state_bytes=view.state_bytes,
+        durable_step_count=view.durable_step_count,
     )
 
 
@@ -382,6 +383,8 @@ def fill_step(result: pb.StepResult, outcome: StepOutcome) -> None:
         fill_output(result.outputs.add(), output)
     result.steps = outcome.steps
     result.step_count = outcome.step_count
+    if outcome.durable_step_count is not None:
+        result.durable_step_count = outcome.durable_step_count
 
 
 def fill_predict(response: pb.PredictResponse, outcomes: Sequence[StepOutcome]) -> None:

@@ -60,6 +60,9 @@ ERROR_TABLE: dict[type[domain.RnnServeError], grpc.StatusCode] = {
     domain.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     domain.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     domain.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    domain.StateTierUnavailable: grpc.StatusCode.UNAVAILABLE,  # nothing changed; retry
+    domain.SessionMoved: grpc.StatusCode.UNAVAILABLE,  # another replica owns it; retry
+    domain.SessionStateInvalid: grpc.StatusCode.FAILED_PRECONDITION,
     StreamProtocolError: grpc.StatusCode.FAILED_PRECONDITION,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     ClientNotReading: grpc.StatusCode.RESOURCE_EXHAUSTED,  # its reply buffer stayed full

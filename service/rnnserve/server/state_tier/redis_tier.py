@@ -1,0 +1,445 @@
+"""RedisStateTier: session state in Redis, owned by one process at a time through a lease."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+from collections.abc import Awaitable
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
+from rnnserve.server import metrics, snapshot
+from rnnserve.server.errors import (
+    InvalidSnapshot,
+    SessionMoved,
+    SessionStateInvalid,
+    StateTierUnavailable,
+)
+from rnnserve.server.logs import short_id
+from rnnserve.server.persistence import SessionPersistence
+from rnnserve.server.sessions import ModelKey, Session, SessionManager
+from rnnserve.server.settings import Settings
+from rnnserve.server.state_tier import scripts
+
+log = logging.getLogger(__name__)
+
+Durability = Literal["sync", "batch", "none"]
+
+# Keys per RENEW / RELEASE script call: long enough to amortise the round trip, short enough
+# that one call never holds Redis for more than about a millisecond.
+_CHUNK = 1000
+# A Redis that does not answer within this long counts as unreachable (the step is refused).
+_SOCKET_TIMEOUT_S = 2.0
+
+
+class RedisStateTier:
+    """Keeps each session's record in Redis and this process's right to serve it.
+
+    - A step's new state is written after its batch commits: all the sessions that stepped in one
+      loop iteration (one scheduler batch) go in one pipelined write, and one write is in flight
+      at a time (group commit). `sync` makes the step's reply wait for its write; `batch` does not
+      (the loss window is the write in flight and those queued behind it); `none` writes only
+      when a session is evicted or the server stops.
+    - Every write is a compare-and-set in Lua: it lands only if the record's owner is this process
+      and its step count is what this process last wrote. Otherwise another process took the
+      session over: this copy is dropped and the caller gets SessionMoved (retryable).
+    - A session not in memory is loaded on its next call, once its owner's lease has lapsed (or
+      was ours); the load takes the lease in the same atomic script.
+    - Leases of the sessions held are renewed every third of `owner_lease_s`.
+    - With `session_cache_size`, idle sessions whose state Redis already holds are dropped from
+      memory least recently used first; their next call loads them again.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: SessionManager,
+        persistence: SessionPersistence,
+        *,
+        client: aioredis.Redis | None = None,
+    ) -> None:
+        self.instance_id = settings.instance_id or secrets.token_hex(8)
+        self.durability: Durability = settings.durability
+        self._url = settings.redis_url
+        self._lease_ms = max(1, round(settings.owner_lease_s * 1000))
+        self._ttl_ms = max(1, round(settings.session_ttl_s * 1000))
+        self._renew_every_s = settings.owner_lease_s / 3
+        self._cache_size = settings.session_cache_size
+        self._sessions = sessions
+        self._persistence = persistence
+        self._client = client
+        # Group commit: sessions waiting for the next write, each with the future its step awaits.
+        self._pending: dict[str, tuple[Session, asyncio.Future[None]]] = {}
+        self._writer: asyncio.Task[None] | None = None
+        self._loading: dict[str, asyncio.Future[None]] = {}
+        self._deleting: dict[str, asyncio.Task[None]] = {}
+        self._maintainer: asyncio.Task[None] | None = None
+        self._unavailable = False  # logged once per outage, not once per step
+
+    # Lifecycle.
+
+    async def start(self) -> None:
+        """Connect (lazily: a Redis still starting is no reason to fail) and start renewing."""
+        if self._client is None:
+            self._client = aioredis.Redis.from_url(
+                self._url,
+                socket_timeout=_SOCKET_TIMEOUT_S,
+                socket_connect_timeout=_SOCKET_TIMEOUT_S,
+                # One retry, on a connection that broke before the command went out (a Redis
+                # restart leaves stale pooled connections); never on a timeout, after which the
+                # write may have landed and a second try would fail its own compare-and-set.
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                health_check_interval=1,
+            )
+        self._sessions.on_remove = self._on_remove
+        self._maintainer = asyncio.get_running_loop().create_task(
+            self._maintain(), name="state-tier"
+        )
+        log.info(
+            "state tier: redis, durability %s, instance %s, lease %.1f s, cache %s",
+            self.durability,
+            self.instance_id,
+            self._lease_ms / 1000,
+            self._cache_size or "unbounded",
+        )
+
+    async def stop(self) -> None:
+        """Write every session Redis does not hold yet, let our leases lapse, disconnect.
+
+        A survivor may then load any of them at once instead of waiting for a lease to run out.
+        """
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintainer
+            self._maintainer = None
+        live = list(self._sessions.live())
+        waits = [self.persist(s) for s in live if s.dirty or s.written_step is None]
+        for outcome in await asyncio.gather(*waits, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.warning("a session could not be written at stop: %s", outcome)
+        try:
+            await self._each_chunk(
+                scripts.RELEASE, [s for s in live if s.written_step is not None], renew=False
+            )
+        except RedisError as err:
+            log.warning("could not release leases at stop (%s); they lapse by themselves", err)
+        if self._client is not None:
+            await self._client.aclose()
+
+    # Steps.
+
+    def after_step(self, key: ModelKey, slot: int) -> Awaitable[None] | None:
+        """A step of `slot` committed: queue its session's write; with sync, what to await."""
+        session = self._sessions.at_slot(key, slot)
+        if session is None:
+            return None
+        if self.durability == "none":
+            session.dirty = True
+            return None
+        written = self.persist(session)
+        return written if self.durability == "sync" else None
+
+    def persist(self, session: Session) -> asyncio.Future[None]:
+        """Queue the session's current state for the next group write; resolved once written.
+
+        Fails with StateTierUnavailable (Redis did not answer; the memory copy stays dirty and is
+        written later) or SessionMoved (another process owns it; this copy is dropped).
+        """
+        session.dirty = True
+        queued = self._pending.get(session.session_id)
+        if queued is not None:
+            return queued[1]
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending[session.session_id] = (session, future)
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_pending())
+        return future
+
+    async def created(self, session: Session) -> None:
+        """A new session: its record is created now (except with none: at eviction or stop)."""
+        if self.durability == "none":
+            session.dirty = True
+            return
+        try:
+            await self.persist(session)
+        except BaseException:
+            self._sessions.drop(session)  # a session no replica could continue is no session
+            raise
+
+    async def _write_pending(self) -> None:
+        """Write the queued sessions, one pipelined write at a time, until none is queued."""
+        try:
+            while self._pending:
+                group, self._pending = self._pending, {}
+                await self._write_group(list(group.values()))
+            self._trim()
+        finally:
+            self._writer = None
+
+    async def _write_group(self, group: list[tuple[Session, asyncio.Future[None]]]) -> None:
+        entries: list[tuple[Session, asyncio.Future[None], int]] = []
+        client = self._redis()
+        pipe = client.pipeline(transaction=False)
+        for session, future in group:
+            if session.closed:  # closed, expired or dropped meanwhile: nothing to keep
+                _resolve(future)
+                continue
+            # Encoded now, on the loop thread: state and step count are one consistent picture.
+            blob = self._persistence.export(session, with_identity=True)
+            step = session.step_count
+            expected = "new" if session.written_step is None else str(session.written_step)
+            key = scripts.record_key(session.session_id)
+            pipe.eval(
+                scripts.WRITE,
+                1,
+                key,
+                self.instance_id,
+                expected,
+                step,
+                blob,
+                self._lease_ms,
+                self._ttl_ms,
+                session.identity,
+            )
+            entries.append((session, future, step))
+        if not entries:
+            return
+        metrics.TIER_WRITES_IN_FLIGHT.set(len(entries))
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except RedisError as err:
+            self._report_unavailable(err)
+            for _, future, _ in entries:
+                _fail(future, self._unavailable_error())
+            return
+        finally:
+            metrics.TIER_WRITES_IN_FLIGHT.set(0)
+        self._report_available()
+        for (session, future, step), result in zip(entries, results, strict=True):
+            if result == 1:
+                session.written_step = step
+                session.dirty = session.step_count != step
+                _resolve(future)
+            elif isinstance(result, RedisError) and not isinstance(result, ResponseError):
+                _fail(future, self._unavailable_error())
+            else:
+                self._lose(session)
+                _fail(future, _moved(session.session_id))
+
+    def _lose(self, session: Session) -> None:
+        """Another process owns the session now: forget this copy (its next call reloads)."""
+        metrics.TIER_ERRORS.labels("moved").inc()
+        log.warning(
+            "session %s is owned by another process now; dropped this copy",
+            short_id(session.session_id),
+        )
+        self._sessions.drop(session)
+
+    # Loading.
+
+    async def load(self, session_id: str, identity: str) -> None:
+        """Bring a session this process does not hold into memory from Redis, taking its lease.
+
+        Returns without a session when Redis has no record of it for `identity` (the caller then
+        answers not found). SessionMoved while another process holds a live lease on it;
+        SessionStateInvalid for a record this server cannot use; StateTierUnavailable when Redis
+        does not answer.
+        """
+        if session_id in self._sessions:
+            return
+        loading = self._loading.get(session_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(session_id, identity))
+            self._loading[session_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(session_id, None))
+        await asyncio.shield(loading)
+
+    async def _load(self, session_id: str, identity: str) -> None:
+        key = scripts.record_key(session_id)
+        try:
+            reply: list[Any] = await self._redis().eval(
+                scripts.CLAIM, 1, key, self.instance_id, self._lease_ms, identity
+            )
+        except ResponseError as err:  # e.g. the key holds something that is not our record
+            raise self._invalid(session_id, f"Redis refused to read it ({err})") from None
+        except RedisError as err:
+            self._report_unavailable(err)
+            raise self._unavailable_error() from None
+        self._report_available()
+        if reply[0] == 0:
+            return
+        if reply[0] == 2:
+            metrics.TIER_ERRORS.labels("moved").inc()
+            raise SessionMoved(
+                f"session '{short_id(session_id)}' is served by another replica (its lease runs "
+                f"{int(reply[2])} ms more); retry",
+                field="session_id",
+            )
+        if session_id in self._sessions:  # loaded by a call that raced this one
+            return
+        try:
+            step = int(reply[1])
+            decoded = snapshot.decode(bytes(reply[2]), self._persistence.secret)
+            if decoded.session is None or decoded.session.session_id != session_id:
+                raise InvalidSnapshot("the record belongs to another session", field="snapshot")
+            if decoded.step_count != step:
+                raise InvalidSnapshot("the record's step count disagrees with its state")
+            self._trim(room=1)
+            session = self._persistence.admit_record(decoded)
+        except (InvalidSnapshot, ValueError, TypeError) as err:
+            raise self._invalid(session_id, getattr(err, "message", str(err))) from None
+        session.written_step = step
+        metrics.TIER_LOADS.inc()
+        log.info("session %s loaded from the state tier", short_id(session_id))
+
+    # Closing, expiry, eviction, renewal.
+
+    def _on_remove(self, session: Session, reason: str) -> None:
+        """A session was closed or expired: delete its record (if this process owns it)."""
+        if session.written_step is None and session.session_id not in self._pending:
+            return
+        task = asyncio.get_running_loop().create_task(self._delete(session.session_id))
+        self._deleting[session.session_id] = task
+        task.add_done_callback(lambda _: self._deleting.pop(session.session_id, None))
+
+    async def _delete(self, session_id: str) -> None:
+        try:
+            await self._redis().eval(
+                scripts.DELETE, 1, scripts.record_key(session_id), self.instance_id
+            )
+        except RedisError as err:  # the key's idle TTL removes it in the end
+            log.warning("could not delete the record of session %s: %s", short_id(session_id), err)
+
+    async def settle(self, session_id: str) -> None:
+        """Wait for the deletion of a just-closed session's record (a close is then final)."""
+        task = self._deleting.get(session_id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    def _trim(self, room: int = 0) -> None:
+        """Drop least recently used idle sessions beyond the cache size; queue dirty ones."""
+        if not self._cache_size:
+            return
+        excess = len(self._sessions) + room - self._cache_size
+        if excess <= 0:
+            return
+        clean: list[Session] = []
+        for session in self._sessions.oldest():
+            if len(clean) >= excess:
+                break
+            if session.busy:
+                continue
+            if session.dirty or session.written_step is None:
+                self.persist(session)  # written first; evicted by the trim after its write
+                continue
+            clean.append(session)
+        for session in clean:
+            self._sessions.drop(session)
+        metrics.TIER_EVICTIONS.inc(len(clean))
+
+    async def _maintain(self) -> None:
+        """Renew the leases of the sessions held, retry failed writes, evict, report the lag."""
+        while True:
+            await asyncio.sleep(self._renew_every_s)
+            try:
+                await self._renew()
+            except RedisError as err:
+                self._report_unavailable(err)
+            if self.durability == "batch":
+                for session in list(self._sessions.live()):
+                    if session.dirty and not session.busy:
+                        self.persist(session)
+            self._trim()
+            metrics.TIER_DURABLE_LAG.set(self.durable_lag())
+
+    async def _renew(self) -> None:
+        held = [s for s in self._sessions.live() if s.written_step is not None]
+        for session, renewed in await self._each_chunk(scripts.RENEW, held, renew=True):
+            if not renewed and not session.busy and not session.closed:
+                self._lose(session)  # its lease went to another process
+
+    async def _each_chunk(
+        self, script: str, sessions: list[Session], *, renew: bool
+    ) -> list[tuple[Session, int]]:
+        """Run a many-key script over `sessions` in chunks, pipelined; each session's answer."""
+        if not sessions:
+            return []
+        pipe = self._redis().pipeline(transaction=False)
+        chunks = [sessions[i : i + _CHUNK] for i in range(0, len(sessions), _CHUNK)]
+        for chunk in chunks:
+            keys = [scripts.record_key(s.session_id) for s in chunk]
+            args = (self._lease_ms, self._ttl_ms) if renew else ()
+            pipe.eval(script, len(keys), *keys, self.instance_id, *args)
+        results = await pipe.execute()
+        if not renew:
+            return []
+        answers = itertools.chain.from_iterable(results)
+        return list(zip(sessions, (int(a) for a in answers), strict=True))
+
+    def durable_lag(self) -> int:
+        """Steps in memory that Redis does not hold yet, over every session held."""
+        return sum(
+            s.step_count - (s.written_step or 0)
+            for s in self._sessions.live()
+            if s.dirty or s.written_step is None
+        )
+
+    # Errors.
+
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            raise StateTierUnavailable("the state tier is not started")
+        return self._client
+
+    def _unavailable_error(self) -> StateTierUnavailable:
+        return StateTierUnavailable(
+            "the session state store (Redis) is unreachable; nothing was changed, retry shortly"
+        )
+
+    def _report_unavailable(self, err: BaseException) -> None:
+        metrics.TIER_ERRORS.labels("unavailable").inc()
+        if not self._unavailable:
+            self._unavailable = True
+            log.error("state tier unreachable: %s; refusing steps until it answers", err)
+
+    def _report_available(self) -> None:
+        if self._unavailable:
+            self._unavailable = False
+            log.warning("state tier reachable again")
+
+    @staticmethod
+    def _invalid(session_id: str, why: str) -> SessionStateInvalid:
+        metrics.TIER_ERRORS.labels("invalid").inc()
+        return SessionStateInvalid(
+            f"session '{short_id(session_id)}' has a stored state this server cannot use "
+            f"({why[:200]}); open a new session",
+            field="session_id",
+        )
+
+
+def _moved(session_id: str) -> SessionMoved:
+    return SessionMoved(
+        f"session '{short_id(session_id)}' moved to another replica; nothing was changed here, "
+        "retry",
+        field="session_id",
+    )
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _fail(future: asyncio.Future[None], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+        # a batch-mode write nobody awaits must not log "exception never retrieved"
+        future.add_done_callback(lambda f: f.exception())

@@ -1,0 +1,89 @@
+"""The Lua scripts that make every ownership change and state write one atomic step in Redis.
+
+A session's record is one hash, `rnnserve:s:<session id>`:
+    snap      the session's snapshot (snapshot.py's format: model, version, weights sha256, step
+              count, states, last output, id, owner identity, creation time; HMAC-signed with the
+              snapshot secret when one is set)
+    step      the step count the snapshot holds (what a compare-and-set compares)
+    identity  the principal that owns the session (checked before a lease is taken)
+    owner     the instance id of the process that holds the session
+    lease     when that process's hold lapses (ms, Redis server clock: replicas' clocks never meet)
+The key expires after the session's idle TTL; every write and renewal pushes the expiry back.
+Times come from Redis's own TIME, so a lease means the same on every replica.
+"""
+
+from __future__ import annotations
+
+KEY_PREFIX = "rnnserve:s:"
+
+_NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+
+# KEYS[1]; ARGV: instance, lease_ms, identity.
+# -> {0}: no record for this identity; {2, owner, ms left}: another live owner;
+#    {1, step, snap}: the lease is now ours.
+CLAIM = (
+    _NOW
+    + """
+local r = redis.call('HMGET', KEYS[1], 'owner', 'lease', 'identity', 'step', 'snap')
+if not r[5] or r[3] ~= ARGV[3] then return {0} end
+local lease = tonumber(r[2]) or 0
+if r[1] and r[1] ~= ARGV[1] and lease > now then return {2, r[1], lease - now} end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'lease', now + tonumber(ARGV[2]))
+return {1, r[4], r[5]}
+"""
+)
+
+# KEYS[1]; ARGV: instance, expected step ("new": the key must not exist), step, snap, lease_ms,
+# ttl_ms, identity. -> 1 written; 0 refused (another owner, or newer state: this copy is stale).
+WRITE = (
+    _NOW
+    + """
+if ARGV[2] == 'new' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+else
+  local r = redis.call('HMGET', KEYS[1], 'owner', 'step')
+  if r[1] ~= ARGV[1] or r[2] ~= ARGV[2] then return 0 end
+end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'lease', now + tonumber(ARGV[5]), 'step', ARGV[3],
+  'snap', ARGV[4], 'identity', ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return 1
+"""
+)
+
+# KEYS: many records; ARGV: instance, lease_ms, ttl_ms. -> per key 1 renewed, 0 not ours any more.
+RENEW = (
+    _NOW
+    + """
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('HGET', key, 'owner') == ARGV[1] then
+    redis.call('HSET', key, 'lease', now + tonumber(ARGV[2]))
+    redis.call('PEXPIRE', key, ARGV[3])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+)
+
+# KEYS[1]; ARGV: instance. Deletes a closed or expired session's record if this process owns it.
+DELETE = """
+if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: many; ARGV: instance. Lets the lease lapse now (graceful stop): a survivor need not wait.
+RELEASE = """
+for _, key in ipairs(KEYS) do
+  if redis.call('HGET', key, 'owner') == ARGV[1] then redis.call('HSET', key, 'lease', 0) end
+end
+return #KEYS
+"""
+
+
+def record_key(session_id: str) -> str:
+    """The Redis key of a session's record."""
+    return KEY_PREFIX + session_id
