@@ -1,4 +1,4 @@
-"""Real servers for the scale-out tests (redis-server; HAProxy is added beside it), started per test.
+"""Real servers for the scale-out tests (redis-server, rnnserve workers, HAProxy), started per test.
 
 Each server runs as its own process on a free loopback port with its files in a temporary folder,
 and is stopped by its pid. A missing binary skips the test with the reason, unless
@@ -7,15 +7,19 @@ RNNSERVE_REQUIRE_SCALE_DEPS=1 (CI sets it after `make scale-deps`): then it fail
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -54,63 +58,203 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float 
     raise RuntimeError(f"nothing listened on port {port} within {timeout_s} s")
 
 
+# -- rnnserve worker processes and HAProxy in front of them ------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HAPROXY_CONFIG = REPO_ROOT / "deploy" / "haproxy" / "haproxy.cfg"
+
+
+def _wait_until(
+    ready: Callable[[], bool], what: str, process: subprocess.Popen[bytes], timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} was not ready after {timeout:g} s")
+        time.sleep(0.1)
+
+
+def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Worker:
+    """One `rnnserve serve` process."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        """kill -9: the process dies with whatever it held."""
+        _stop(self.process, signal.SIGKILL)
+
+
+def _serving(port: int) -> bool:
+    # Imported here: only the tests that start workers need the server package.
+    from rnnserve.server import cli
+
+    with redirect_stderr(io.StringIO()), redirect_stdout(io.StringIO()):
+        return cli.main(["healthcheck", "--port", str(port), "--timeout", "1"]) == 0
+
+
+@contextmanager
+def rnnserve_workers(
+    count: int, repository: Path, workdir: Path, *flags: str
+) -> Iterator[list[Worker]]:
+    """`count` rnnserve processes on free ports serving `repository` (extra `flags` for each),
+    each with its own snapshot folder and log under `workdir`; yields once all are SERVING."""
+    workers: list[Worker] = []
+    try:
+        for index in range(count):
+            port = free_port()
+            with (workdir / f"worker{index}.log").open("wb") as log:
+                process = subprocess.Popen(
+                    [
+                        sys.executable, "-m", "rnnserve.server.cli", "serve",
+                        "--port", str(port),
+                        "--metrics-port", "-1",
+                        "--model-repository", str(repository),
+                        "--snapshot-dir", str(workdir / f"snapshots{index}"),
+                        *flags,
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            workers.append(Worker(process, port))
+        for worker in workers:
+            _wait_until(lambda w=worker: _serving(w.port), "rnnserve", worker.process, 60)  # type: ignore[misc]
+        yield workers
+    finally:
+        for worker in workers:
+            _stop(worker.process)
+
+
+@dataclass
+class HAProxy:
+    """A running HAProxy with deploy/haproxy/haproxy.cfg in front of two workers."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    stats_port: int
+    servers: tuple[str, ...] = ("worker1", "worker2")
+    """HAProxy's names of the backend servers, in the order of the workers given."""
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def server_states(self) -> dict[str, str]:
+        """Each backend server's state as HAProxy sees it now ("UP", "DOWN", "UP 1/2", ...)."""
+        url = f"http://127.0.0.1:{self.stats_port}/;csv"
+        with urllib.request.urlopen(url, timeout=5) as reply:  # our own stats port
+            rows = csv.DictReader(io.StringIO(reply.read().decode().lstrip("# ")))
+            return {row["svname"]: row["status"] for row in rows if row["svname"] in self.servers}
+
+    def wait_for_states(self, wanted: dict[str, str], timeout: float = 30) -> float:
+        """Wait until the named servers are in the wanted states; returns the seconds it took."""
+        started = time.monotonic()
+        _wait_until(
+            lambda: all(self.server_states().get(k) == v for k, v in wanted.items()),
+            f"haproxy servers {wanted}",
+            self.process,
+            timeout,
+        )
+        return time.monotonic() - started
+
+
+@contextmanager
+def haproxy_server(workers: Sequence[Worker], workdir: Path) -> Iterator[HAProxy]:
+    """HAProxy 2.6 running the repository's deploy/haproxy/haproxy.cfg in front of two workers,
+    on free ports; yields once both pass its gRPC health check."""
+    binary = require_binary("haproxy", "haproxy")
+    if len(workers) != 2:
+        raise ValueError("deploy/haproxy/haproxy.cfg names two workers")
+    port, stats_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "RNNSERVE_PROXY_BIND": f"127.0.0.1:{port}",
+        "RNNSERVE_PROXY_STATS": f"127.0.0.1:{stats_port}",
+        "RNNSERVE_WORKER1": workers[0].address,
+        "RNNSERVE_WORKER2": workers[1].address,
+    }
+    with (workdir / "haproxy.log").open("wb") as log:
+        # -db: stay in the foreground, so the pid held here is HAProxy itself.
+        process = subprocess.Popen(
+            [binary, "-f", str(HAPROXY_CONFIG), "-db"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    proxy = HAProxy(process, port, stats_port)
+    try:
+        wait_for_port(port, process)
+        proxy.wait_for_states({"worker1": "UP", "worker2": "UP"})
+        yield proxy
+    finally:
+        _stop(process)
+
+
 @dataclass
 class RedisServer:
-    """A redis-server of this test: its port and folder; stop() / start() keep both."""
+    """A redis-server of this test; `stop()` then `start()` restarts it on the same port and
+    folder (with `appendonly`, the AOF is replayed: every acknowledged write is back)."""
 
     binary: str
     directory: Path
     port: int
     appendonly: bool
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        """Start (or restart) it on the same port and folder (the AOF, if any, is replayed)."""
-        args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.directory),
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if self.appendonly else "no",
-            "--appendfsync",
-            "always",
-            "--daemonize",
-            "no",
-            "--logfile",
-            str(self.directory / "redis.log"),
-        ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port, self.process)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.directory),
+                "--save", "",
+                # fsync at every write: a kill -9 of Redis itself loses nothing it acknowledged
+                "--appendonly", "yes" if self.appendonly else "no",
+                "--appendfsync", "always",
+                "--logfile", str(self.directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait_until(lambda: _accepts(self.port), "redis-server", self.process, 15)
 
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        """Stop it by its pid (SIGKILL for a crash) and wait for it to exit."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop it by its pid (SIGKILL: a crash) and wait for it to exit."""
+        if self.process is not None:
+            _stop(self.process, sig)
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 @contextmanager
 def redis_server(directory: Path, *, appendonly: bool = False) -> Iterator[RedisServer]:
-    """A redis-server on a free port with its files in `directory`, stopped at exit.
-
-    `appendonly` turns on AOF with fsync at every write, so a restart keeps every acknowledged
-    write (what the server's `sync` durability promises).
-    """
+    """A redis-server on a free loopback port with its files in `directory`, stopped at exit."""
     binary = require_binary("redis-server", "redis-server")
     server = RedisServer(binary, directory, free_port(), appendonly)
     server.start()
