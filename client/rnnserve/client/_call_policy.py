@@ -9,6 +9,11 @@ from rnnserve.client._errors import RnnServeError
 from rnnserve.client._retry import RetryPolicy
 
 CLIENT_ID_KEY = "x-client-id"
+#: The header naming the session a call belongs to. The server sets it on the response that
+#: creates a session and the client sends it on every later call of that session, so a proxy in
+#: front of several server processes can route them all to the one holding the session
+#: (deploy/haproxy/haproxy.cfg: a stick table keyed on it).
+SESSION_HEADER = "x-rnnserve-session"
 
 
 def call_metadata(client_id: str | None, token: str | None = None) -> tuple[tuple[str, str], ...]:
@@ -16,6 +21,11 @@ def call_metadata(client_id: str | None, token: str | None = None) -> tuple[tupl
     authentication on the server, a sub-identity under the token's principal)."""
     identity = ((CLIENT_ID_KEY, client_id),) if client_id else ()
     return bearer_metadata(token) + identity
+
+
+def session_metadata(session_id: str | None) -> tuple[tuple[str, str], ...]:
+    """The routing header of a call that belongs to ``session_id`` (none without a session)."""
+    return ((SESSION_HEADER, session_id),) if session_id else ()
 
 
 def remaining(deadline: float | None) -> float | None:

@@ -149,15 +149,14 @@ class Client(ClientCore):
             model = self.model(info.model, info.version, timeout=timeout)
         except RnnServeError:
             with contextlib.suppress(RnnServeError):
-                self._rpc.call(
-                    "CloseSession", pb.CloseSessionRequest(session_id=info.session_id), timeout=1
-                )
+                request = pb.CloseSessionRequest(session_id=info.session_id)
+                self._rpc.for_session(info.session_id).call("CloseSession", request, timeout=1)
             raise
         return Session(self._rpc, info, model)
 
     def attach(self, session_id: str, *, timeout: float | None = None) -> Session:
         """A :class:`Session` for an existing session id (opened earlier by this identity)."""
-        response = self._rpc.call(
+        response = self._rpc.for_session(session_id).call(
             "GetSession",
             pb.GetSessionRequest(session_id=session_id),
             timeout=timeout,

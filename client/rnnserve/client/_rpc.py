@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
-from rnnserve.client._call_policy import CallPolicy
+from rnnserve.client._call_policy import CallPolicy, session_metadata
 from rnnserve.client._errors import convert_rpc_error
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc
@@ -16,9 +16,21 @@ from rnnserve.v1 import rnnserve_pb2_grpc
 class Rpc:
     """Runs the calls of a :class:`Client`, its sessions and their streams."""
 
-    def __init__(self, channel: grpc.Channel, policy: CallPolicy) -> None:
+    def __init__(
+        self, channel: grpc.Channel, policy: CallPolicy, *, session_id: str | None = None
+    ) -> None:
+        self._channel = channel
         self._stub = rnnserve_pb2_grpc.InferenceServiceStub(channel)
         self._policy = policy
+        self._session = session_metadata(session_id)
+
+    def for_session(self, session_id: str) -> Rpc:
+        """The same client's calls, each carrying ``session_id``'s routing header."""
+        return Rpc(self._channel, self._policy, session_id=session_id)
+
+    @property
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._policy.metadata + self._session
 
     def call(
         self, method: str, request: Any, *, timeout: float | None, idempotent: bool = False
@@ -29,9 +41,7 @@ class Rpc:
         attempts = self._policy.attempts(timeout, idempotent)
         while True:
             try:
-                return callable_(
-                    request, timeout=attempts.remaining(), metadata=self._policy.metadata
-                )
+                return callable_(request, timeout=attempts.remaining(), metadata=self._metadata)
             except grpc.RpcError as rpc_error:
                 error = convert_rpc_error(rpc_error)
             # Outside the except block: a final failure is raised without the grpc error chained.
@@ -40,11 +50,11 @@ class Rpc:
     def stream(self, requests: Iterator[pb.StreamRequest], timeout: float | None) -> Any:
         """Start a Stream call that sends ``requests``; ``timeout`` bounds the whole call."""
         return self._stub.Stream(
-            requests, timeout=self._policy.timeout_for(timeout), metadata=self._policy.metadata
+            requests, timeout=self._policy.timeout_for(timeout), metadata=self._metadata
         )
 
     def generate(self, request: pb.GenerateRequest, timeout: float | None) -> Any:
         """Start a Generate call; ``timeout`` bounds the whole call."""
         return self._stub.Generate(
-            request, timeout=self._policy.timeout_for(timeout), metadata=self._policy.metadata
+            request, timeout=self._policy.timeout_for(timeout), metadata=self._metadata
         )

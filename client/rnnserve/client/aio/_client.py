@@ -126,7 +126,9 @@ class AsyncClient(ClientCore):
             # Do not leak a session the caller never got hold of.
             with contextlib.suppress(RnnServeError):
                 request = pb.CloseSessionRequest(session_id=info.session_id)
-                await self._rpc.call("CloseSession", request, timeout=1)
+                await self._rpc.for_session(info.session_id).call(
+                    "CloseSession", request, timeout=1
+                )
             raise
         return AsyncSession(self._rpc, info, model)
 
@@ -147,7 +149,8 @@ class AsyncClient(ClientCore):
 
         async def open_() -> AsyncSession:
             request = pb.GetSessionRequest(session_id=session_id)
-            response = await self._rpc.call("GetSession", request, timeout=timeout, idempotent=True)
+            rpc = self._rpc.for_session(session_id)
+            response = await rpc.call("GetSession", request, timeout=timeout, idempotent=True)
             return await self._session_from(response, timeout, opened=False)
 
         return _SessionOpener(open_)

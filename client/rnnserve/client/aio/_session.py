@@ -30,7 +30,8 @@ class AsyncSession(SessionCore):
 
     def __init__(self, rpc: AsyncRpc, info: SessionInfo, model: ModelInfo) -> None:
         super().__init__(info, model)
-        self._rpc = rpc
+        # Every call of the session names it, so a proxy routes it to the process holding it.
+        self._rpc = rpc.for_session(info.session_id)
 
     def __repr__(self) -> str:
         return f"AsyncSession({self.session_id!r}, model={self._model.name!r})"

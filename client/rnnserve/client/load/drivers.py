@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import time
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
+from rnnserve.client._call_policy import session_metadata
 from rnnserve.client.load.config import LoadConfig
 from rnnserve.client.load.inputs import InputFactory
 from rnnserve.client.load.pacing import Bounds, Pacer
@@ -159,13 +161,11 @@ class StreamDriver:
             while in_flight:
                 if not await self._answer(call, in_flight, clock):
                     return
-            await call.write(pb.StreamRequest(control=pb.CONTROL_ACTION_CLOSE))
-            await call.read()
-            await call.done_writing()
-            while await call.read() is not grpc.aio.EOF:
-                pass
+            await _close_stream(call, recorder)
         except grpc.aio.AioRpcError as err:
             recorder.error(err.code().name)
+        except (grpc.aio.BaseError, asyncio.InvalidStateError):  # see _write_failed
+            recorder.error(await _write_failed(call))
         finally:
             call.cancel()
             recorder.session_done()
@@ -182,6 +182,31 @@ class StreamDriver:
         else:
             clock.answered(sent, done, self.ctx.config.steps_per_message)
         return True
+
+
+async def _close_stream(call: Any, recorder: Recorder) -> None:
+    """End a stream as the protocol says: CLOSE and the half-close sent together, then the CLOSE
+    reply and the call's final status read. The server ends the call only after the half-close,
+    so its end is the same directly and through a proxy (no reset of a side still open)."""
+    await call.write(pb.StreamRequest(control=pb.CONTROL_ACTION_CLOSE))
+    await call.done_writing()
+    if not _stream_ok(await call.read(), recorder):
+        return
+    while await call.read() is not grpc.aio.EOF:  # a non-OK final status raises here
+        pass
+
+
+async def _write_failed(call: Any) -> str:
+    """The status name of a call whose write or half-close failed.
+
+    grpc.aio raises its private ``ExecuteBatchError`` (or ``InvalidStateError``) instead of an
+    ``AioRpcError`` when a write meets a call whose end has arrived but not yet been processed;
+    the call's own status says why it ended. Cancelling first makes sure it has one (a no-op
+    on a call that is over).
+    """
+    call.cancel()
+    code: grpc.StatusCode = await call.code()
+    return str(code.name)
 
 
 def _stream_ok(reply: object, recorder: Recorder) -> bool:
@@ -216,6 +241,8 @@ class StepDriver:
             recorder.session_done()
             return
         session_id = created.session.session_id
+        # Every later call names the session, so a proxy routes it to the process holding it.
+        metadata = metadata + session_metadata(session_id)
         try:
             for chunk in ctx.feed_chunks():
                 await stub.Step(

@@ -11,6 +11,7 @@ from rnnserve.server.domain import SessionView
 from rnnserve.server.logs import SESSION_ID
 from rnnserve.server.offload import is_large, run_sized
 from rnnserve.server.transport import codecs
+from rnnserve.server.transport.affinity import announce_session, session_header
 from rnnserve.server.transport.context import deadline_of, identity_of
 from rnnserve.server.transport.errors import ClientNotReading, rpc_handler
 from rnnserve.server.transport.limits import DEFAULT_LIMITS, RequestLimits
@@ -61,7 +62,9 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
         async with aclosing(tokens) as stream:  # type: ignore[type-var]
             async for token in stream:
                 SESSION_ID.set(token.session_id)
-                if not await writer.write(codecs.encode_token(token)):
+                # The first reply's headers name the session (a new one's later calls route by it).
+                headers = session_header(token.session_id)
+                if not await writer.write(codecs.encode_token(token), headers=headers):
                     raise ClientNotReading(
                         f"the client read nothing for {writer.timeout_s:g} s "
                         f"(generate_write_timeout_s); generation stopped after token "
@@ -75,6 +78,7 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
         name, version = codecs.decode_model_ref(request.model, limits=self._limits)
         view = await self._core.create_session(name, version, identity_of(context))
         SESSION_ID.set(view.session_id)
+        await announce_session(context, view.session_id)
         return pb.CreateSessionResponse(session=codecs.encode_session(view))
 
     @rpc_handler
@@ -134,6 +138,7 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
     ) -> pb.ImportStateResponse:
         view = await self._core.import_state(request.snapshot, identity_of(context))
         SESSION_ID.set(view.session_id)
+        await announce_session(context, view.session_id)
         return pb.ImportStateResponse(session=codecs.encode_session(view))
 
     @rpc_handler

@@ -15,6 +15,7 @@ from rnnserve.server.domain import InputData, OutputOptions, SessionView, StepOu
 from rnnserve.server.errors import InvalidInput, RnnServeError, SessionNotFound, ShuttingDown
 from rnnserve.server.logs import SESSION_ID
 from rnnserve.server.transport import codecs
+from rnnserve.server.transport.affinity import announce_session
 from rnnserve.server.transport.context import deadline_of, identity_of
 from rnnserve.server.transport.errors import StreamProtocolError, inband_error, report
 from rnnserve.server.transport.limits import DEFAULT_LIMITS, RequestLimits
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 MAX_JOINED = 64
 MAX_JOINED_STEPS = 256  # the scheduler's longest call: a longer message runs in segments anyway
 MAX_READ_AHEAD = 256
+# How long the server waits, after closing a stream's session, for the client to half-close.
+CLOSE_GRACE_S = 5.0
 _JOINABLE = frozenset({"tokens", "features"})
 # A message as the request decoder gives it: an Undecodable when its bytes did not parse.
 Incoming = pb.StreamRequest | Undecodable
@@ -57,7 +60,8 @@ class StreamConversation:
         self._identity = identity_of(context)
         self._session_id: str | None = None
         self._session_gone = False  # the core said the session no longer exists
-        self.finished = False  # set once the session is closed: the server then ends the stream
+        self.finished = False  # set once the session is closed: the stream ends at the half-close
+        self._replied = False  # a reply was built (the call's headers went out with the first)
 
     async def run(
         self, requests: AsyncIterator[Incoming]
@@ -74,6 +78,7 @@ class StreamConversation:
                 else:
                     yield await self.answer(request)
                 if self.finished:
+                    await _await_half_close(inbox)
                     return
         finally:
             await inbox.close()
@@ -152,6 +157,7 @@ class StreamConversation:
         else:
             response = result
         record_call(f"Stream.{kind}", code, time.perf_counter() - started)
+        self._replied = True
         if isinstance(request, pb.StreamRequest):  # an undecodable message has no id to echo
             response.request_id = request.request_id
         return response
@@ -216,6 +222,8 @@ class StreamConversation:
             raise err.with_field_prefix("open") from None  # "model.name" -> "open.model.name"
         self._session_id, self._session_gone = view.session_id, False
         SESSION_ID.set(view.session_id)
+        if not self._replied:  # headers go out with the first reply only
+            await announce_session(self._context, view.session_id)
         log.info("stream bound to session", extra={"model": view.model, "version": view.version})
         return pb.StreamResponse(session=codecs.encode_session(view))
 
@@ -252,6 +260,23 @@ class StreamConversation:
                 "no session is open on this stream: send an open message first", field=kind
             )
         return self._session_id
+
+
+async def _await_half_close(inbox: ReadAhead) -> None:
+    """After CLOSE: read (and answer nothing to) the client's last messages until it half-closes,
+    for at most CLOSE_GRACE_S.
+
+    Ending the call while the client may still send is legal HTTP/2, but a proxy in between
+    (HAProxy 2.6) then resets the client's side of the stream: the client saw CANCELLED, or its
+    half-close failed, instead of the OK that ended its session. Waiting for the half-close makes
+    the end identical directly and through a proxy; the bound keeps a client that never
+    half-closes from holding the call.
+    """
+    # A timeout or a failed read (the client cancelled): the call ends either way.
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CLOSE_GRACE_S):
+            while await inbox.next() is not None:
+                pass
 
 
 def _steps(request: pb.StreamRequest) -> int:

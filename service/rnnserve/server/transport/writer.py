@@ -42,8 +42,9 @@ class PacedWriter:
         self._headers_sent = False
         self.timeout_s = timeout_s
 
-    async def write(self, message: Any) -> bool:
-        """Hand `message` to gRPC; False if it was not accepted within `timeout_s`.
+    async def write(self, message: Any, *, headers: tuple[tuple[str, str], ...] = ()) -> bool:
+        """Hand `message` to gRPC; False if it was not accepted within `timeout_s`. `headers`
+        go out as the call's initial metadata if this is its first write.
 
         A message that timed out is still delivered if the client reads again: it counts as
         handed over. A call that ended under the write (the client cancelled, its deadline
@@ -53,7 +54,7 @@ class PacedWriter:
         try:
             async with asyncio.timeout(self.timeout_s):
                 if not self._headers_sent:
-                    await self._context.send_initial_metadata(())
+                    await self._context.send_initial_metadata(headers)
                     self._headers_sent = True
                 await self._context.write(message)
         except TimeoutError:
