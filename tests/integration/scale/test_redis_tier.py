@@ -1,0 +1,167 @@
+"""The Redis state tier against a real redis-server: durability, faults, bad records, eviction."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+from redis_helpers import first_output, step_retrying
+from rnnserve.server import snapshot
+from rnnserve.v1 import rnnserve_pb2 as pb
+from scale_servers import RedisServer, redis_server
+from server_helpers import Running, expect_error, identity, open_session, step, tokens
+from tiny_models import GRU_LM
+
+redis = pytest.importorskip("redis", reason="the redis client (extra `redis`) is not installed")
+
+INPUTS = [[1, 2], [3], [4, 5, 6], [2], [7], [1, 1], [3]]
+
+
+@pytest.fixture
+def redis_aof(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path / "redis", appendonly=True) as server:
+        yield server
+
+
+def tier(server: RedisServer, **overrides: object) -> dict[str, object]:
+    """Settings of a server on the redis state tier (1 s leases: failover tests stay short)."""
+    return {
+        "state_store": "redis",
+        "redis_url": server.url,
+        "owner_lease_s": 1.0,
+        **overrides,
+    }
+
+
+def record(server: RedisServer, session_id: str) -> dict[bytes, bytes]:
+    client = redis.Redis.from_url(server.url)
+    try:
+        return dict(client.hgetall(f"rnnserve:s:{session_id}"))
+    finally:
+        client.close()
+
+
+async def test_sync_replies_after_redis_holds_the_state(
+    serve: Callable[..., Awaitable[Running]], redis_aof: RedisServer
+) -> None:
+    running = await serve(**tier(redis_aof, durability="sync", instance_id="a"))
+    session = await open_session(running.stub, GRU_LM)
+    for count, ids in enumerate(INPUTS[:3]):
+        result = await step(running.stub, session, tokens(ids))
+        # sync: what the reply says is durable is in Redis the moment the reply arrives
+        assert result.HasField("durable_step_count")
+        assert result.durable_step_count == result.step_count
+        stored = record(redis_aof, session)
+        assert int(stored[b"step"]) == result.step_count, f"after message {count}"
+        assert stored[b"owner"] == b"a"
+    info = await running.stub.GetSession(
+        pb.GetSessionRequest(session_id=session), metadata=identity("alice")
+    )
+    assert info.session.durable_step_count == info.session.step_count == 6
+
+
+async def test_memory_store_reports_no_durable_step_count(rpc: Running) -> None:
+    session = await open_session(rpc.stub, GRU_LM)
+    result = await step(rpc.stub, session, tokens([1, 2]))
+    assert result.step_count == 2
+    assert not result.HasField("durable_step_count")  # nothing survives a crash of the process
+
+
+async def test_redis_down_is_unavailable_state_unchanged_and_recovers(
+    serve: Callable[..., Awaitable[Running]], redis_aof: RedisServer
+) -> None:
+    running = await serve(**tier(redis_aof, durability="sync"))
+    session = await open_session(running.stub, GRU_LM)
+    twin = await open_session(running.stub, GRU_LM)
+    for ids in INPUTS[:2]:
+        await step(running.stub, session, tokens(ids))
+        await step(running.stub, twin, tokens(ids))
+    redis_aof.stop(signal.SIGKILL)
+    error = await expect_error(step(running.stub, session, tokens([4])))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "Redis" in (error.details() or "") and "retry" in (error.details() or "")
+    redis_aof.start()  # same port, AOF replayed: the server reconnects by itself
+    mine = await step(running.stub, session, tokens([4]))
+    theirs = await step(running.stub, twin, tokens([4]))
+    # the refused step changed nothing: both are at the same step, with the same outputs
+    assert mine.step_count == theirs.step_count == 4
+    np.testing.assert_array_equal(first_output(mine), first_output(theirs))
+    assert mine.durable_step_count == 4
+
+
+async def test_sessions_survive_a_redis_restart_with_aof(
+    serve: Callable[..., Awaitable[Running]], redis_aof: RedisServer, tiny_repository: Path
+) -> None:
+    first = await serve(**tier(redis_aof, instance_id="first"))
+    reference = await serve()  # the in-memory store: the uninterrupted twin
+    session = await open_session(first.stub, GRU_LM)
+    twin = await open_session(reference.stub, GRU_LM)
+    for ids in INPUTS[:3]:
+        await step(first.stub, session, tokens(ids))
+        await step(reference.stub, twin, tokens(ids))
+    await first.server.stop(1.0)  # graceful: leases released
+    redis_aof.stop(signal.SIGKILL)  # a crash of Redis itself; the AOF has every write
+    redis_aof.start()
+    second = await serve(**tier(redis_aof, instance_id="second"))
+    count = sum(len(ids) for ids in INPUTS[:3])
+    for ids in INPUTS[3:]:
+        mine, _ = await step_retrying(second.stub, session, ids, count)
+        theirs = await step(reference.stub, twin, tokens(ids))
+        count += len(ids)
+        np.testing.assert_array_equal(first_output(mine), first_output(theirs))
+        assert mine.step_count == theirs.step_count
+
+
+async def test_a_bad_record_fails_only_its_own_session(
+    serve: Callable[..., Awaitable[Running]], redis_aof: RedisServer
+) -> None:
+    first = await serve(**tier(redis_aof, instance_id="first"))
+    garbage, other_weights, healthy = [await open_session(first.stub, GRU_LM) for _ in range(3)]
+    for session in (garbage, other_weights, healthy):
+        await step(first.stub, session, tokens([1, 2]))
+    await first.server.stop(1.0)  # graceful: records written, leases released
+    client = redis.Redis.from_url(redis_aof.url)
+    try:
+        client.hset(
+            f"rnnserve:s:{garbage}", "snap", b"not a snapshot, but long enough to be read" * 2
+        )
+        # a well-formed record taken with other weights (another build of the same version)
+        key = f"rnnserve:s:{other_weights}"
+        decoded = snapshot.decode(client.hget(key, "snap"))
+        forged = snapshot.Snapshot(**{**decoded.__dict__, "weights_sha256": "0" * 64})
+        client.hset(key, "snap", snapshot.encode(forged))
+    finally:
+        client.close()
+    second = await serve(**tier(redis_aof, instance_id="second"))
+    for session, why in ((garbage, "magic"), (other_weights, "other weights")):
+        error = await expect_error(step(second.stub, session, tokens([3])))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "session_id" in (error.details() or "") and why in (error.details() or "")
+    result = await step(second.stub, healthy, tokens([3]))
+    assert result.step_count == 3  # the other sessions load and continue
+
+
+async def test_evicted_sessions_reload_and_equal_their_twins(
+    serve: Callable[..., Awaitable[Running]], redis_aof: RedisServer
+) -> None:
+    cached = await serve(**tier(redis_aof, session_cache_size=2))
+    loads_before = REGISTRY.get_sample_value("rnnserve_state_tier_loads_total") or 0.0
+    reference = await serve()
+    sessions = [await open_session(cached.stub, GRU_LM) for _ in range(5)]
+    twins = [await open_session(reference.stub, GRU_LM) for _ in range(5)]
+    for ids in INPUTS[:3]:
+        for session, twin in zip(sessions, twins, strict=True):
+            mine = await step(cached.stub, session, tokens(ids))
+            theirs = await step(reference.stub, twin, tokens(ids))
+            np.testing.assert_array_equal(first_output(mine), first_output(theirs))
+            assert mine.step_count == theirs.step_count
+            # the process holds a working set, not every session
+            assert len(cached.server.engine.sessions) <= 2
+    # 5 sessions in a cache of 2: at least 3 of them reloaded from Redis in every round
+    loads = (REGISTRY.get_sample_value("rnnserve_state_tier_loads_total") or 0.0) - loads_before
+    assert loads >= 3 * len(INPUTS[:3])
