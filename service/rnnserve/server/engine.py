@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rnnserve.server import offload, snapshot_files, snapshot_signing
@@ -28,9 +29,12 @@ from rnnserve.server.logs import safe, short_id
 from rnnserve.server.persistence import SessionPersistence
 from rnnserve.server.postprocess import build_outputs, check_options
 from rnnserve.server.registry import ModelRegistry, ServedModel
+from rnnserve.server.security import SecurityConfigError
 from rnnserve.server.sessions import Session, SessionManager
 from rnnserve.server.settings import Settings
-from rnnserve.server.state_tier.redis_tier import RedisStateTier
+
+if TYPE_CHECKING:
+    from rnnserve.server.state_tier.redis_tier import RedisStateTier
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ class InferenceEngine(InferenceCore):
         # The shared state tier (Redis), or None: sessions live in this process's memory only.
         self.tier: RedisStateTier | None = None
         if settings.state_store == "redis":
-            self.tier = RedisStateTier(settings, self.sessions, self.persistence)
+            self.tier = _redis_tier(settings, self.sessions, self.persistence)
         self._started = False
         self._stopping = False
         self._in_flight = _InFlight()
@@ -424,6 +428,19 @@ class InferenceEngine(InferenceCore):
                 if token is None:
                     return
                 yield token
+
+
+def _redis_tier(
+    settings: Settings, sessions: SessionManager, persistence: SessionPersistence
+) -> RedisStateTier:
+    """The Redis state tier; imported only when configured (the redis client is an extra)."""
+    try:
+        from rnnserve.server.state_tier.redis_tier import RedisStateTier
+    except ModuleNotFoundError as err:
+        raise SecurityConfigError(
+            f"state_store redis needs the {err.name!r} package: pip install 'rnnserve[redis]'"
+        ) from None
+    return RedisStateTier(settings, sessions, persistence)
 
 
 def _validate_all(

@@ -127,8 +127,6 @@ class ShuttingDown(RnnServeError):
 class StateTierUnavailable(RnnServeError):
     """The shared state tier (Redis) did not answer; the step's state was rolled back. Retry."""
 
-    reason = "state_tier_unavailable"
-
 
 class SessionMoved(RnnServeError):
     """Another process owns the session now (its lease, or newer state, is in the state tier).
@@ -137,11 +135,7 @@ class SessionMoved(RnnServeError):
     (through the proxy) or, once the owner's lease has lapsed, loads the session here.
     """
 
-    reason = "session_moved"
-
 
 class SessionStateInvalid(RnnServeError):
     """A session's record in the state tier does not parse, fails its signature, or is for a
     model version (or weights) this server does not serve; only that session is affected."""
-
-    reason = "session_state_invalid"
