@@ -176,19 +176,23 @@ class HAProxy:
 
 
 @contextmanager
-def haproxy_server(workers: Sequence[Worker], workdir: Path) -> Iterator[HAProxy]:
-    """HAProxy 2.6 running the repository's deploy/haproxy/haproxy.cfg in front of two workers,
-    on free ports; yields once both pass its gRPC health check."""
+def haproxy_server(
+    workers: Sequence[Worker | str], workdir: Path, *, wait_up: bool = True
+) -> Iterator[HAProxy]:
+    """HAProxy 2.6 running the repository's deploy/haproxy/haproxy.cfg in front of two workers
+    (or "host:port" addresses of gRPC servers), on free ports; yields once both pass its gRPC
+    health check (or at once, without `wait_up`)."""
     binary = require_binary("haproxy", "haproxy")
     if len(workers) != 2:
         raise ValueError("deploy/haproxy/haproxy.cfg names two workers")
+    addresses = [w if isinstance(w, str) else w.address for w in workers]
     port, stats_port = free_port(), free_port()
     env = {
         **os.environ,
         "RNNSERVE_PROXY_BIND": f"127.0.0.1:{port}",
         "RNNSERVE_PROXY_STATS": f"127.0.0.1:{stats_port}",
-        "RNNSERVE_WORKER1": workers[0].address,
-        "RNNSERVE_WORKER2": workers[1].address,
+        "RNNSERVE_WORKER1": addresses[0],
+        "RNNSERVE_WORKER2": addresses[1],
     }
     with (workdir / "haproxy.log").open("wb") as log:
         # -db: stay in the foreground, so the pid held here is HAProxy itself.
@@ -201,7 +205,8 @@ def haproxy_server(workers: Sequence[Worker], workdir: Path) -> Iterator[HAProxy
     proxy = HAProxy(process, port, stats_port)
     try:
         wait_for_port(port, process)
-        proxy.wait_for_states({"worker1": "UP", "worker2": "UP"})
+        if wait_up:
+            proxy.wait_for_states({"worker1": "UP", "worker2": "UP"})
         yield proxy
     finally:
         _stop(process)
