@@ -118,6 +118,8 @@ async def test_the_largest_legal_predict_is_answered_in_full(rpc: Running) -> No
         ({"stop": ["x"] * 17}, INVALID, "stop"),
         ({"stop": ["é" * 129]}, INVALID, "stop[0]"),
         ({"stop": ["ab"] * 300_000}, TOO_BIG, None),  # the 300,000 stop strings
+        # 400 KB: under gRPC's receive limit, over the most a Generate can need: not parsed
+        ({"stop": ["ab"] * 100_000}, TOO_BIG, None),
         ({"max_tokens": 4097}, INVALID, "max_tokens"),
         ({"text": "a" * 70_000}, INVALID, "text"),
         ({"tokens": pb.TokenIds(ids=[1] * 4097)}, INVALID, "tokens.ids"),
@@ -130,6 +132,28 @@ async def test_generate_caps_leave_the_session_alone(
     request = pb.GenerateRequest(session_id=session, **{"max_tokens": 3, **fields})
     err = await expect_error(_drain(rpc.stub.Generate(request, metadata=identity("alice"))))
     assert_refused(err, code, field)
+    await assert_same_next_step(rpc.stub, session, twin, NEXT[GRU_LM])
+
+
+async def test_a_generate_at_every_cap_is_not_refused_for_its_size(rpc: Running) -> None:
+    session, _ = await twins(rpc, GRU_LM)
+    # The prompt at the step cap in 4-byte characters, 16 stop strings of 256 bytes.
+    request = pb.GenerateRequest(
+        session_id=session, max_tokens=2, text="\U0001f600" * 4096, stop=["\U0001f600" * 64] * 16
+    )
+    assert len(request.SerializeToString()) > 4 * 4096 + 16 * 256
+    replies = [reply async for reply in rpc.stub.Generate(request, metadata=identity("alice"))]
+    assert len(replies) == 2
+
+
+async def test_a_small_request_padded_to_100kb_is_refused_unparsed(rpc: Running) -> None:
+    session, twin = await twins(rpc, GRU_LM)
+    # 50,000 two-byte unknown fields: parsing them costs milliseconds; the length alone refuses.
+    body = pb.GetSessionRequest(session_id=session).SerializeToString() + b"\x78\x01" * 50_000
+    call = rpc.channel.unary_unary("/rnnserve.v1.InferenceService/GetSession")
+    err = await expect_error(call(body, metadata=identity("alice")))
+    details = assert_refused(err, TOO_BIG, None)
+    assert "larger than 65,536 bytes" in details and "rnnserve.v1.GetSessionRequest" in details
     await assert_same_next_step(rpc.stub, session, twin, NEXT[GRU_LM])
 
 

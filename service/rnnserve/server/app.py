@@ -156,19 +156,22 @@ def build_server(settings: Settings) -> tuple[RnnServeServer, int]:
     # Two front doors on one port, over the same core: steps from both share one batch.
     # Every service is registered from its descriptor with a request decoder that never raises:
     # bytes that do not parse answer INVALID_ARGUMENT (in-band inside a stream), not UNKNOWN.
+    # A request longer than its method could legally need is refused unparsed (body_limit).
     add_servicer(
         grpc_server,
         _descriptor(rnnserve_pb2, "InferenceService"),
         InferenceServicer(engine, limits=limits, write_timeout_s=settings.generate_write_timeout_s),
+        limits,
     )
     kserve = KServeServicer(engine, sequence_idle_s=settings.session_ttl_s, limits=limits)
-    add_servicer(grpc_server, _descriptor(kserve_pb2, "GRPCInferenceService"), kserve)
-    add_foreign_servicer(grpc_server, _descriptor(health_pb2, "Health"), server.health)
+    add_servicer(grpc_server, _descriptor(kserve_pb2, "GRPCInferenceService"), kserve, limits)
+    add_foreign_servicer(grpc_server, _descriptor(health_pb2, "Health"), server.health, limits)
     reflected = (INFERENCE_SERVICE, KSERVE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
     add_foreign_servicer(
         grpc_server,
         _descriptor(reflection_pb2, "ServerReflection"),
         reflection.aio.ReflectionServicer(reflected),
+        limits,
     )
     return server, port
 

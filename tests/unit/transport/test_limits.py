@@ -22,6 +22,7 @@ from rnnserve.server.transport.limits import (
     SEQUENCE_OVERHEAD_BYTES,
     RequestLimits,
     ServedShapes,
+    body_limit,
     limits_for,
     max_request_bytes,
     server_options,
@@ -308,3 +309,20 @@ def test_word_text_stops_tokenizing_once_over_the_cap() -> None:
         err = refused(codec.encode, "a " * 100_000, "text", 3)
         assert "steps in one message exceed max_steps_per_message 3" in err.message
         assert int(err.message.split()[2]) < 10  # it stopped right after the cap
+
+
+def test_body_limits_fit_the_largest_legal_request_of_each_method() -> None:
+    limits = RequestLimits()
+    for method in ("Step", "Stream", "Predict", "ImportState", "ModelInfer", "ModelStreamInfer"):
+        assert body_limit(method, limits) is None  # payloads: gRPC's receive limit only
+    largest = pb.GenerateRequest(
+        session_id="s" * limits.max_id_length,
+        text="é" * (limits.max_text_bytes // 2),
+        stop=["é" * (limits.max_stop_string_bytes // 2)] * limits.max_stop_strings,
+        max_tokens=limits.max_generate_tokens,
+    )
+    generate = body_limit("Generate", limits)
+    assert generate is not None and len(largest.SerializeToString()) < generate
+    too_many_stops = pb.GenerateRequest(stop=["ab"] * 100_000)
+    assert len(too_many_stops.SerializeToString()) > generate
+    assert body_limit("GetSession", limits) == body_limit("Check", limits) == 64 * 1024

@@ -19,7 +19,7 @@ from rnnserve.server import errors as domain
 from rnnserve.server.logs import REQUEST_ID, SESSION_ID
 from rnnserve.server.transport import context as call_context
 from rnnserve.server.transport.observe import record_call
-from rnnserve.server.transport.undecodable import Undecodable
+from rnnserve.server.transport.undecodable import RequestTooLarge, Undecodable
 from rnnserve.v1 import rnnserve_pb2
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ ERROR_TABLE: dict[type[domain.RnnServeError], grpc.StatusCode] = {
     StreamProtocolError: grpc.StatusCode.FAILED_PRECONDITION,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     ClientNotReading: grpc.StatusCode.RESOURCE_EXHAUSTED,  # its reply buffer stayed full
+    RequestTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,  # as gRPC's own receive limit
 }
 
 

@@ -190,10 +190,35 @@ def max_request_bytes(limits: RequestLimits, shapes: ServedShapes) -> int:
         steps * VARINT_MAX_BYTES, steps * shapes.feature_frame_bytes, limits.max_text_bytes
     )
     predict = payload + limits.max_predict_sequences * SEQUENCE_OVERHEAD_BYTES
-    stops = limits.max_stop_strings * (limits.max_stop_string_bytes + 8)
-    generate = max(steps * VARINT_MAX_BYTES, limits.max_text_bytes) + stops
     snapshot = MAX_HEADER_BYTES + SNAPSHOT_FRAMING_BYTES + shapes.snapshot_tensor_bytes
-    return max(predict, generate, snapshot) + REQUEST_OVERHEAD_BYTES
+    return max(predict, _generate_payload(limits), snapshot) + REQUEST_OVERHEAD_BYTES
+
+
+def _generate_payload(limits: RequestLimits) -> int:
+    """A Generate's prompt (token ids or text) and its stop strings, at the caps."""
+    prompt = max(limits.max_steps_per_message * VARINT_MAX_BYTES, limits.max_text_bytes)
+    return prompt + limits.max_stop_strings * (limits.max_stop_string_bytes + 8)
+
+
+# Methods whose requests carry tensors, text or snapshots: bounded by gRPC's receive limit only.
+PAYLOAD_METHODS = frozenset(
+    {"Step", "Stream", "Predict", "ImportState", "ModelInfer", "ModelStreamInfer"}
+)
+
+
+def body_limit(method: str, limits: RequestLimits) -> int | None:
+    """The most bytes a legal request of `method` (its short name) can need, when far below the
+    receive limit; None for the methods that carry payloads.
+
+    Parsing is the one cost paid before any check: a body of many tiny parts (100,000 stop
+    strings, or as many unknown fields in a GetSession) costs milliseconds of protobuf work
+    holding the GIL. A method's own bound refuses such a body unparsed, from its length.
+    """
+    if method in PAYLOAD_METHODS:
+        return None
+    if method == "Generate":
+        return _generate_payload(limits) + REQUEST_OVERHEAD_BYTES
+    return REQUEST_OVERHEAD_BYTES  # ids, names, options: a few hundred bytes in practice
 
 
 def server_options(limits: RequestLimits) -> list[tuple[str, int]]:

@@ -21,6 +21,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from rnnserve.server.transport.errors import abort, report
+from rnnserve.server.transport.limits import RequestLimits, body_limit
 from rnnserve.server.transport.undecodable import Undecodable
 
 Decoder = Callable[[bytes], Message | Undecodable]
@@ -34,12 +35,16 @@ _FACTORIES: dict[tuple[bool, bool], Callable[..., Any]] = {
 }
 
 
-def decoder_for(message_class: type[Message]) -> Decoder:
-    """`message_class.FromString`, except that bytes which do not parse give an `Undecodable`."""
+def decoder_for(message_class: type[Message], max_bytes: int | None = None) -> Decoder:
+    """`message_class.FromString`, except that bytes which do not parse, or more than
+    `max_bytes` of them (not parsed at all), give an `Undecodable`."""
     parse = message_class.FromString
     undecodable = Undecodable(message_class.DESCRIPTOR.full_name)
+    too_large = Undecodable(message_class.DESCRIPTOR.full_name, max_bytes)
 
     def decode(data: bytes) -> Message | Undecodable:
+        if max_bytes is not None and len(data) > max_bytes:
+            return too_large
         try:
             return parse(data)
         # DecodeError in practice (wire format, invalid UTF-8, nesting too deep); whatever the
@@ -50,29 +55,41 @@ def decoder_for(message_class: type[Message]) -> Decoder:
     return decode
 
 
-def add_servicer(server: Any, service: ServiceDescriptor, servicer: Any) -> None:
+def add_servicer(
+    server: Any, service: ServiceDescriptor, servicer: Any, limits: RequestLimits | None = None
+) -> None:
     """Serve `servicer`'s methods for `service`, whose handlers answer an `Undecodable` themselves.
 
     rnnserve's own servicers do: `rpc_handler` refuses an undecodable request with
-    INVALID_ARGUMENT, and the stream handlers answer an undecodable message in-band.
+    INVALID_ARGUMENT, and the stream handlers answer an undecodable message in-band. With
+    `limits`, a request longer than its method's `body_limit` is not parsed (RESOURCE_EXHAUSTED).
     """
-    _register(server, service, {m.name: getattr(servicer, m.name) for m in service.methods})
+    behaviours = {m.name: getattr(servicer, m.name) for m in service.methods}
+    _register(server, service, behaviours, limits)
 
 
-def add_foreign_servicer(server: Any, service: ServiceDescriptor, servicer: Any) -> None:
+def add_foreign_servicer(
+    server: Any, service: ServiceDescriptor, servicer: Any, limits: RequestLimits | None = None
+) -> None:
     """Serve a servicer written without `Undecodable` in mind (grpc's health and reflection).
 
-    An undecodable request, or stream message, ends its call with INVALID_ARGUMENT before the
-    servicer sees it.
+    An undecodable (or over-long) request, or stream message, ends its call before the servicer
+    sees it.
     """
     behaviours = {m.name: _refusing(m, getattr(servicer, m.name)) for m in service.methods}
-    _register(server, service, behaviours)
+    _register(server, service, behaviours, limits)
 
 
 def _register(
-    server: Any, service: ServiceDescriptor, behaviours: dict[str, Callable[..., Any]]
+    server: Any,
+    service: ServiceDescriptor,
+    behaviours: dict[str, Callable[..., Any]],
+    limits: RequestLimits | None,
 ) -> None:
-    handlers = {m.name: _handler(m, behaviours[m.name]) for m in service.methods}
+    def most_bytes(method: MethodDescriptor) -> int | None:
+        return None if limits is None else body_limit(method.name, limits)
+
+    handlers = {m.name: _handler(m, behaviours[m.name], most_bytes(m)) for m in service.methods}
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
@@ -80,13 +97,13 @@ def _register(
     server.add_registered_method_handlers(service.full_name, handlers)
 
 
-def _handler(method: MethodDescriptor, behaviour: Callable[..., Any]) -> Any:
+def _handler(method: MethodDescriptor, behaviour: Callable[..., Any], max_bytes: int | None) -> Any:
     request = message_factory.GetMessageClass(method.input_type)
     response = message_factory.GetMessageClass(method.output_type)
     factory = _FACTORIES[(method.client_streaming, method.server_streaming)]
     return factory(
         behaviour,
-        request_deserializer=decoder_for(request),
+        request_deserializer=decoder_for(request, max_bytes),
         response_serializer=response.SerializeToString,
     )
 
