@@ -144,7 +144,18 @@ def decode_output(output: pb.Output) -> ModelOutput:
 def decode_result(result: pb.StepResult) -> StepOutput:
     """One wire StepResult as a StepOutput."""
     outputs = {output.name: decode_output(output) for output in result.outputs}
-    return StepOutput(outputs=outputs, steps=result.steps, step_count=result.step_count)
+    return StepOutput(
+        outputs=outputs,
+        steps=result.steps,
+        step_count=result.step_count,
+        durable_step_count=_durable(result),
+    )
+
+
+def _durable(message: pb.StepResult | pb.SessionInfo) -> int | None:
+    """The optional durable step count; None when the server left it unset (in-memory store, or
+    a server that predates it)."""
+    return message.durable_step_count if message.HasField("durable_step_count") else None
 
 
 def decode_session(session: pb.SessionInfo) -> SessionInfo:
@@ -157,6 +168,7 @@ def decode_session(session: pb.SessionInfo) -> SessionInfo:
         created_at=session.created_at,
         expires_at=session.expires_at,
         state_bytes=session.state_bytes,
+        durable_step_count=_durable(session),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from rnnserve.client._codec import decode_result, decode_session
 from rnnserve.client._errors import RnnServeError
+from rnnserve.client._replay import REPLAY_OUTPUT, ReplayLog
 from rnnserve.client._requests import aim_generation, step_request
 from rnnserve.client._types import (
     GeneratedToken,
@@ -39,6 +40,8 @@ class SessionCore:
         self._model = model
         self._step_count: int | None = info.step_count
         self._closed = False
+        # The inputs after the durable step count, for a failover (a shared state tier only).
+        self._replay = ReplayLog()
 
     @property
     def session_id(self) -> str:
@@ -79,10 +82,50 @@ class SessionCore:
 
     # -- tracking (replies, failures, and calls that step the session out of sight) -------------
 
-    def _stepped(self, response: pb.StepResponse) -> StepOutput:
+    def _stepped(self, response: pb.StepResponse, request: pb.StepRequest) -> StepOutput:
         result = decode_result(response.result)
+        self._replay.answered(
+            request.expected_step_count,
+            request.input,
+            result.step_count,
+            result.durable_step_count,
+        )
         self._step_count = result.step_count
         return result
+
+    # -- failover (what feed does when the session's process died and another took it over) -----
+
+    def _may_have_failed_over(self, error: RnnServeError) -> bool:
+        """Whether a refused Step may mean the session fell back to its durable step count on
+        another process: the server says it is at another step count, and it reports
+        durability (with the in-memory store the error means what it says)."""
+        return (
+            error.code == grpc.StatusCode.ABORTED
+            and error.field == "expected_step_count"
+            and self._replay.tracking
+        )
+
+    def _replays(
+        self, request: pb.StepRequest, server_step_count: int, error: RnnServeError
+    ) -> list[pb.StepRequest]:
+        """The Step requests that bring the server from `server_step_count` back to where
+        `request` expects it; raises `error` when the server is ahead (another client stepped
+        the session) and DataLoss when the inputs needed are not kept."""
+        if server_step_count > request.expected_step_count:
+            raise error
+        plan = self._replay.plan(server_step_count, request.expected_step_count)
+        return [
+            pb.StepRequest(
+                session_id=self.session_id,
+                input=item.step,
+                output=REPLAY_OUTPUT,
+                expected_step_count=item.start,
+            )
+            for item in plan
+        ]
+
+    def _recovery_failed(self) -> None:
+        self._step_count = None
 
     def _step_failed(self, error: RnnServeError) -> None:
         if error.code in UNCERTAIN_CODES:
@@ -95,8 +138,9 @@ class SessionCore:
 
     def _stepping_out_of_sight(self) -> None:
         # A stream or generation steps the session as it goes: the count is only certain again
-        # once it reports how it ended.
+        # once it reports how it ended (and the kept inputs no longer lead to it).
         self._step_count = None
+        self._replay.clear()
 
     def _track_output(self, result: StepOutput | None) -> None:
         self._step_count = result.step_count if result is not None else None

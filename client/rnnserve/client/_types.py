@@ -93,7 +93,11 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class SessionInfo:
-    """A session's public description; its state never travels here."""
+    """A session's public description; its state never travels here.
+
+    ``durable_step_count`` is how many of its steps survive the loss of the server process
+    holding it (``None`` with the in-memory state store: none do).
+    """
 
     session_id: str
     model: str
@@ -102,6 +106,7 @@ class SessionInfo:
     created_at: float
     expires_at: float
     state_bytes: int
+    durable_step_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -129,13 +134,16 @@ class StepOutput:
 
     ``outputs`` maps each output name to its :class:`ModelOutput`, in the model's order;
     ``steps`` is how many steps the message consumed and ``step_count`` how many the session has
-    consumed since it was opened or last reset. The ``tensor``/``argmax``/``labels``/``top_k_*``
-    properties read the model's first output, which is all most models have.
+    consumed since it was opened or last reset; ``durable_step_count`` how many of those survive
+    the loss of the server process (``None`` with the in-memory state store). The
+    ``tensor``/``argmax``/``labels``/``top_k_*`` properties read the model's first output, which
+    is all most models have.
     """
 
     outputs: Mapping[str, ModelOutput]
     steps: int
     step_count: int
+    durable_step_count: int | None = None
 
     def __getitem__(self, name: str) -> ModelOutput:
         return self.outputs[name]

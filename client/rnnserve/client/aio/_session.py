@@ -53,9 +53,34 @@ class AsyncSession(SessionCore):
         try:
             response = await self._rpc.call("Step", request, timeout=timeout, idempotent=True)
         except RnnServeError as error:
-            self._step_failed(error)
+            if not self._may_have_failed_over(error):
+                self._step_failed(error)
+                raise
+            response = await self._recover(request, error, timeout)
+        return self._stepped(response, request)
+
+    async def _recover(
+        self, request: pb.StepRequest, error: RnnServeError, timeout: float | None
+    ) -> pb.StepResponse:
+        """The session fell back to its durable step count (its process died and another took
+        it over from the state tier): replay the inputs kept since then, then send the step
+        again, so its outputs are those an uninterrupted run gives."""
+        try:
+            described = await self._rpc.call(
+                "GetSession",
+                pb.GetSessionRequest(session_id=self.session_id),
+                timeout=timeout,
+                idempotent=True,
+            )
+            for replay in self._replays(request, described.session.step_count, error):
+                await self._rpc.call("Step", replay, timeout=timeout, idempotent=True)
+            response: pb.StepResponse = await self._rpc.call(
+                "Step", request, timeout=timeout, idempotent=True
+            )
+        except RnnServeError:
+            self._recovery_failed()
             raise
-        return self._stepped(response)
+        return response
 
     def stream(
         self,

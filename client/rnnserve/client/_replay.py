@@ -1,0 +1,103 @@
+"""Failover replay, without I/O: the inputs a server could still lose, and how to put them back.
+
+With a shared state tier (Redis), a server process that dies loses the steps after the session's
+durable step count (none with ``sync`` durability; a bounded window with ``batch``). The survivor
+that takes the session over starts from that durable count. A client that kept the inputs of the
+steps after it replays them, in order, each guarded by ``expected_step_count``, so the session
+reaches the state an uninterrupted run had, and the outputs the user sees next are the same.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from rnnserve.client._errors import DataLoss
+from rnnserve.v1 import rnnserve_pb2 as pb
+
+#: The output asked of a replayed message: none (the user already has its outputs).
+REPLAY_OUTPUT = pb.OutputOptions(steps=pb.OUTPUT_STEPS_LAST, format=pb.OUTPUT_FORMAT_NONE)
+
+
+@dataclass(frozen=True)
+class KeptInput:
+    """One answered message the server has not yet made durable."""
+
+    start: int
+    """The session's step count before the message."""
+    end: int
+    """The step count after it."""
+    step: pb.StepInput
+
+
+class ReplayLog:
+    """The inputs of one session's steps beyond its durable step count, oldest first.
+
+    ``answered`` records each answered message and drops those the server now reports durable.
+    Nothing is kept while the server reports no durable count (the in-memory store: a dead
+    process's sessions are gone, so replaying could not bring them back).
+    """
+
+    def __init__(self) -> None:
+        self._kept: deque[KeptInput] = deque()
+        self.tracking = False
+        """Whether the server reported a durable step count with its last answer."""
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    @property
+    def kept_steps(self) -> int:
+        """Steps whose inputs are kept (what a failover may have to replay)."""
+        return sum(item.end - item.start for item in self._kept)
+
+    def answered(
+        self, start: int, step: pb.StepInput, step_count: int, durable_step_count: int | None
+    ) -> None:
+        """A message sent at step count `start` was answered: the session is at `step_count`,
+        `durable_step_count` of which survive the loss of the server process."""
+        if self._kept and self._kept[-1].end != start:
+            self._kept.clear()  # stepped out of sight (a stream, a reset): older inputs are moot
+        self.tracking = durable_step_count is not None
+        if durable_step_count is None:
+            self._kept.clear()
+            return
+        if step_count > durable_step_count:
+            self._kept.append(KeptInput(start, step_count, step))
+        self.made_durable(durable_step_count)
+
+    def made_durable(self, durable_step_count: int) -> None:
+        """The server reports steps up to `durable_step_count` durable: forget their inputs."""
+        while self._kept and self._kept[0].end <= durable_step_count:
+            self._kept.popleft()
+
+    def clear(self) -> None:
+        """Forget everything (the session was reset, closed, or stepped out of sight)."""
+        self._kept.clear()
+
+    def plan(self, server_step_count: int, client_step_count: int) -> list[KeptInput]:
+        """The kept messages that bring a server at `server_step_count` back to
+        `client_step_count`, in order; empty when it is there already.
+
+        Raises:
+            DataLoss: the server is behind by steps whose inputs are not kept, or ahead of the
+                client (a step ran whose reply never arrived): the outputs of an uninterrupted
+                run can no longer be reproduced.
+        """
+        if server_step_count == client_step_count:
+            return []
+        if server_step_count > client_step_count:
+            raise DataLoss(
+                f"the session is at step {server_step_count}, past the {client_step_count} this "
+                "client saw: a step ran whose reply was lost",
+                field="expected_step_count",
+            )
+        plan = [item for item in self._kept if item.start >= server_step_count]
+        if not plan or plan[0].start != server_step_count or plan[-1].end != client_step_count:
+            raise DataLoss(
+                f"the session fell back to step {server_step_count} and this client kept the "
+                f"inputs of steps {self._kept[0].start if self._kept else client_step_count}"
+                f" to {client_step_count} only",
+                field="expected_step_count",
+            )
+        return plan
