@@ -170,6 +170,8 @@ class InferenceEngine(InferenceCore):
         with self._work():
             served = self.registry.resolve(name, version)
             served.require_streamable()
+            if self.tier is not None:
+                self.tier.make_room()
             session = self.sessions.create(name, served.model.version, identity)
             if self.tier is not None:
                 await self.tier.created(session)
@@ -191,6 +193,8 @@ class InferenceEngine(InferenceCore):
             served.require_streamable()
             if not start:
                 return self.sessions.view(self.sessions.find_sequence(identity, name, sequence))
+            if self.tier is not None:
+                self.tier.make_room()
             session = self.sessions.create(name, served.model.version, identity, sequence=sequence)
             if self.tier is not None:
                 await self.tier.created(session)
@@ -251,6 +255,8 @@ class InferenceEngine(InferenceCore):
     async def import_state(self, snapshot: bytes, identity: str) -> SessionView:
         """A new session (owned by `identity`) continuing from a snapshot."""
         with self._work():
+            if self.tier is not None:
+                self.tier.make_room()
             session = self.persistence.load(snapshot, identity)
             if self.tier is not None:
                 await self.tier.created(session)

@@ -324,6 +324,10 @@ class RedisStateTier:
         if task is not None:
             await asyncio.shield(task)
 
+    def make_room(self) -> None:
+        """Before a new session: evict so that the cache has room for it (if it has a bound)."""
+        self._trim(room=1)
+
     def _trim(self, room: int = 0) -> None:
         """Drop least recently used idle sessions beyond the cache size; queue dirty ones."""
         if not self._cache_size:
@@ -351,14 +355,16 @@ class RedisStateTier:
             await asyncio.sleep(self._renew_every_s)
             try:
                 await self._renew()
+                if self.durability == "batch":
+                    for session in list(self._sessions.live()):
+                        if session.dirty and not session.busy:
+                            self.persist(session)
+                self._trim()
+                metrics.TIER_DURABLE_LAG.set(self.durable_lag())
             except RedisError as err:
                 self._report_unavailable(err)
-            if self.durability == "batch":
-                for session in list(self._sessions.live()):
-                    if session.dirty and not session.busy:
-                        self.persist(session)
-            self._trim()
-            metrics.TIER_DURABLE_LAG.set(self.durable_lag())
+            except Exception:  # a bug here must not end lease renewal for good
+                log.exception("state tier maintenance failed")
 
     async def _renew(self) -> None:
         held = [s for s in self._sessions.live() if s.written_step is not None]
