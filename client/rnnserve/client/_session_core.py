@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 from rnnserve.client._codec import decode_result, decode_session
 from rnnserve.client._errors import RnnServeError
@@ -16,6 +18,12 @@ from rnnserve.client._types import (
     StepOutput,
 )
 from rnnserve.v1 import rnnserve_pb2 as pb
+
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+#: How long Session.feed keeps trying a step while its session moves to a survivor after its
+#: process died: the proxy's health check (1-2 s with deploy/haproxy/haproxy.cfg) plus the dead
+#: owner's lease in the state tier (owner_lease_s, 10 s by default).
+FAILOVER_WAIT_S = 30.0
 
 # After these failures a step may or may not have run, so the step count must be asked again.
 UNCERTAIN_CODES = frozenset(
@@ -99,19 +107,33 @@ class SessionCore:
         """Whether a refused Step may mean the session fell back to its durable step count on
         another process: the server says it is at another step count, and it reports
         durability (with the in-memory store the error means what it says)."""
-        return (
-            error.code == grpc.StatusCode.ABORTED
-            and error.field == "expected_step_count"
-            and self._replay.tracking
+        if not self._replay.tracking:
+            return False
+        # UNAVAILABLE after the retries: the proxy has not yet moved the session to a survivor,
+        # or the dead owner's lease has not yet lapsed.
+        return error.code == UNAVAILABLE or (
+            error.code == grpc.StatusCode.ABORTED and error.field == "expected_step_count"
         )
+
+    def _failover_wait(self, failure: RnnServeError, attempt: int, started: float) -> float:
+        """Seconds to wait before trying a failed-over step again; raises `failure` (and marks
+        the step count uncertain) when it is not a failover still in progress or the time for
+        one (FAILOVER_WAIT_S) is spent."""
+        wait = min(1.0, 0.1 * 2.0**attempt)
+        in_progress = failure.code == UNAVAILABLE
+        if not in_progress or time.monotonic() + wait > started + FAILOVER_WAIT_S:
+            self._step_count = None
+            raise failure
+        return wait
 
     def _replays(
         self, request: pb.StepRequest, server_step_count: int, error: RnnServeError
     ) -> list[pb.StepRequest]:
         """The Step requests that bring the server from `server_step_count` back to where
-        `request` expects it; raises `error` when the server is ahead (another client stepped
-        the session) and DataLoss when the inputs needed are not kept."""
-        if server_step_count > request.expected_step_count:
+        `request` expects it; raises `error` when the server refused the step for being ahead
+        (another client stepped the session), and DataLoss when it is ahead after a lost reply
+        or behind by inputs that are not kept."""
+        if server_step_count > request.expected_step_count and error.code != UNAVAILABLE:
             raise error
         plan = self._replay.plan(server_step_count, request.expected_step_count)
         return [
@@ -123,9 +145,6 @@ class SessionCore:
             )
             for item in plan
         ]
-
-    def _recovery_failed(self) -> None:
-        self._step_count = None
 
     def _step_failed(self, error: RnnServeError) -> None:
         if error.code in UNCERTAIN_CODES:

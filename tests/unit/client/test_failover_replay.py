@@ -42,14 +42,17 @@ class StateTierFake(rnnserve_pb2_grpc.InferenceServiceServicer):
         self.batch = batch
         self.sessions: dict[str, TierSession] = {}
         self.unavailable = 0
+        self.lose_reply = False
         self.requests: list[pb.StepRequest] = []
         self.lock = threading.Lock()
 
-    def fail_over(self, session_id: str, fall_back_to: int | None = None) -> None:
+    def fail_over(
+        self, session_id: str, fall_back_to: int | None = None, unavailable: int = 1
+    ) -> None:
         session = self.sessions[session_id]
         keep = session.durable if fall_back_to is None else fall_back_to
         session.inputs = session.inputs[:keep]
-        self.unavailable = 1
+        self.unavailable = unavailable
 
     def _info(self, session_id: str) -> pb.SessionInfo:
         session = self.sessions[session_id]
@@ -85,6 +88,10 @@ class StateTierFake(rnnserve_pb2_grpc.InferenceServiceServicer):
     def Step(self, request: pb.StepRequest, context: grpc.ServicerContext) -> pb.StepResponse:
         if self.unavailable:
             self.unavailable -= 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the backend went away")
+        if self.lose_reply:  # the step is applied, then the process dies before replying
+            self.lose_reply = False
+            self.Step(request, context)
             context.abort(grpc.StatusCode.UNAVAILABLE, "the backend went away")
         self.requests.append(request)
         session = self.sessions[request.session_id]
@@ -237,3 +244,38 @@ def test_the_replay_log_keeps_only_steps_beyond_the_durable_count() -> None:
         log.plan(7, 6)  # ahead: a step ran whose reply was lost
     log.answered(9, step, 10, 3)  # stepped out of sight in between: older inputs are moot
     assert [(k.start, k.end) for k in log.plan(9, 10)] == [(9, 10)]
+
+
+def test_a_longer_move_is_waited_for_past_the_usual_retries(
+    tier: tuple[StateTierFake, str],
+) -> None:
+    # The proxy's health check and the dead owner's lease take seconds: more UNAVAILABLE
+    # answers than the client's retry policy allows (4 tries) must not fail the step.
+    fake, address = tier
+    with Client(address, timeout=5) as client:
+        reference = _outputs(client, None, fake)
+        with client.session(MODEL) as session:
+            outputs = []
+            for index, data in enumerate(INPUTS):
+                if index == 4:
+                    fake.fail_over(session.session_id, unavailable=12)
+                out = session.feed(data)
+                assert out.tensor is not None
+                outputs.append([float(v) for v in out.tensor.ravel()])
+    assert fake.unavailable == 0
+    assert outputs == reference
+
+
+def test_a_step_whose_reply_was_lost_fails_and_is_never_applied_twice(
+    tier: tuple[StateTierFake, str],
+) -> None:
+    # Applied, then the process died before replying: the retry finds the session one step
+    # ahead. Its outputs cannot be had again, so the step fails (as when another client stepped
+    # the session); what matters is that it did not run a second time.
+    fake, address = tier
+    with Client(address, timeout=5) as client, client.session(MODEL) as session:
+        session.feed([1])
+        fake.lose_reply = True
+        with pytest.raises(Aborted):
+            session.feed([2])
+        assert session.describe().step_count == 2  # applied once, never twice

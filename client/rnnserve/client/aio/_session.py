@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterable, Iterable, Sequence
 
 from rnnserve.client._codec import output_options
@@ -62,25 +64,27 @@ class AsyncSession(SessionCore):
     async def _recover(
         self, request: pb.StepRequest, error: RnnServeError, timeout: float | None
     ) -> pb.StepResponse:
-        """The session fell back to its durable step count (its process died and another took
-        it over from the state tier): replay the inputs kept since then, then send the step
-        again, so its outputs are those an uninterrupted run gives."""
-        try:
-            described = await self._rpc.call(
-                "GetSession",
-                pb.GetSessionRequest(session_id=self.session_id),
-                timeout=timeout,
-                idempotent=True,
-            )
-            for replay in self._replays(request, described.session.step_count, error):
-                await self._rpc.call("Step", replay, timeout=timeout, idempotent=True)
-            response: pb.StepResponse = await self._rpc.call(
-                "Step", request, timeout=timeout, idempotent=True
-            )
-        except RnnServeError:
-            self._recovery_failed()
-            raise
-        return response
+        """The session's process died and the state tier lets another take it over: wait for
+        the move, replay the inputs kept since the durable step count (where the survivor
+        starts), then send the step again, so its outputs are those an uninterrupted run gives."""
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                described = await self._rpc.call(
+                    "GetSession",
+                    pb.GetSessionRequest(session_id=self.session_id),
+                    timeout=timeout,
+                    idempotent=True,
+                )
+                for replay in self._replays(request, described.session.step_count, error):
+                    await self._rpc.call("Step", replay, timeout=timeout, idempotent=True)
+                response: pb.StepResponse = await self._rpc.call(
+                    "Step", request, timeout=timeout, idempotent=True
+                )
+                return response
+            except RnnServeError as failure:
+                await asyncio.sleep(self._failover_wait(failure, attempt, started))
+                attempt += 1
 
     def stream(
         self,
