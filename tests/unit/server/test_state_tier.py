@@ -14,6 +14,7 @@ from helpers_core import ME, feed, tokens
 from rnnserve.server.domain import OutputOptions
 from rnnserve.server.engine import InferenceEngine
 from rnnserve.server.errors import SessionMoved
+from rnnserve.server.state_tier import scripts
 from scale_servers import RedisServer, redis_server
 from tiny_models import GRU_LM
 
@@ -40,28 +41,26 @@ async def tiered(make_engine: EngineFactory, server: RedisServer, **more: Any) -
     return await make_engine(state_store="redis", redis_url=server.url, **more)
 
 
-async def test_one_pipelined_write_per_batch(
-    make_engine: EngineFactory, redis_db: RedisServer
-) -> None:
+async def test_one_write_per_batch(make_engine: EngineFactory, redis_db: RedisServer) -> None:
     engine = await tiered(make_engine, redis_db, durability="sync")
     assert engine.tier is not None
     ids = [(await engine.create_session(GRU_LM, 0, ME)).session_id for _ in range(32)]
     client = engine.tier._client
     assert client is not None
-    writes = 0
-    real_pipeline = client.pipeline
+    writes: list[int] = []  # sessions per WRITE script call
+    real_evalsha = client.evalsha
 
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        nonlocal writes
-        writes += 1
-        return real_pipeline(*args, **kwargs)
+    def counted(sha: str, numkeys: int, *args: Any) -> Any:
+        if sha == scripts.sha1(scripts.WRITE):
+            writes.append(numkeys)
+        return real_evalsha(sha, numkeys, *args)
 
-    client.pipeline = counted  # type: ignore[method-assign]
+    client.evalsha = counted  # type: ignore[method-assign]
     outcomes = await asyncio.gather(
         *(engine.step(i, ME, tokens(n, 3), OutputOptions()) for n, i in enumerate(ids))  # type: ignore[arg-type]
     )
     # 32 sessions stepped in one scheduler batch: one round trip made all 32 durable
-    assert writes == 1
+    assert writes == [32]
     assert all(o.durable_step_count == o.step_count == 3 for o in outcomes)
     assert all(int(stored(redis_db, i)[b"step"]) == 3 for i in ids)
 

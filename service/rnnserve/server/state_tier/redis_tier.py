@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import secrets
 from collections.abc import Awaitable
@@ -13,7 +12,7 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 from rnnserve.server import metrics, snapshot
 from rnnserve.server.errors import (
@@ -35,6 +34,10 @@ Durability = Literal["sync", "batch", "none"]
 # Keys per RENEW / RELEASE script call: long enough to amortise the round trip, short enough
 # that one call never holds Redis for more than about a millisecond.
 _CHUNK = 1000
+_SHA1 = {
+    script: scripts.sha1(script)
+    for script in (scripts.CLAIM, scripts.WRITE, scripts.RENEW, scripts.DELETE, scripts.RELEASE)
+}
 # A Redis that does not answer within this long counts as unreachable (the step is refused).
 _SOCKET_TIMEOUT_S = 2.0
 
@@ -43,10 +46,10 @@ class RedisStateTier:
     """Keeps each session's record in Redis and this process's right to serve it.
 
     - A step's new state is written after its batch commits: all the sessions that stepped in one
-      loop iteration (one scheduler batch) go in one pipelined write, and one write is in flight
-      at a time (group commit). `sync` makes the step's reply wait for its write; `batch` does not
-      (the loss window is the write in flight and those queued behind it); `none` writes only
-      when a session is evicted or the server stops.
+      loop iteration (one scheduler batch) go in one write — one Lua script call for the whole
+      group — and one write is in flight at a time (group commit). `sync` makes the step's reply
+      wait for its write; `batch` does not (the loss window is the write in flight and those
+      queued behind it); `none` writes only when a session is evicted or the server stops.
     - Every write is a compare-and-set in Lua: it lands only if the record's owner is this process
       and its step count is what this process last wrote. Otherwise another process took the
       session over: this copy is dropped and the caller gets SessionMoved (retryable).
@@ -175,7 +178,7 @@ class RedisStateTier:
             raise
 
     async def _write_pending(self) -> None:
-        """Write the queued sessions, one pipelined write at a time, until none is queued."""
+        """Write the queued sessions, one group write at a time, until none is queued."""
         try:
             while self._pending:
                 group, self._pending = self._pending, {}
@@ -186,8 +189,7 @@ class RedisStateTier:
 
     async def _write_group(self, group: list[tuple[Session, asyncio.Future[None]]]) -> None:
         entries: list[tuple[Session, asyncio.Future[None], int]] = []
-        client = self._redis()
-        pipe = client.pipeline(transaction=False)
+        values: list[Any] = []
         for session, future in group:
             if session.closed:  # closed, expired or dropped meanwhile: nothing to keep
                 _resolve(future)
@@ -196,25 +198,24 @@ class RedisStateTier:
             blob = self._persistence.export(session, with_identity=True)
             step = session.step_count
             expected = "new" if session.written_step is None else str(session.written_step)
-            key = scripts.record_key(session.session_id)
-            pipe.eval(
-                scripts.WRITE,
-                1,
-                key,
-                self.instance_id,
-                expected,
-                step,
-                blob,
-                self._lease_ms,
-                self._ttl_ms,
-                session.identity,
-            )
+            values += [expected, step, blob, session.identity]
             entries.append((session, future, step))
-        if not entries:
-            return
+        for at in range(0, len(entries), _CHUNK):
+            await self._write_chunk(entries[at : at + _CHUNK], values[4 * at : 4 * (at + _CHUNK)])
+
+    async def _write_chunk(
+        self, entries: list[tuple[Session, asyncio.Future[None], int]], values: list[Any]
+    ) -> None:
+        """One WRITE script call for these sessions; each future told its own outcome."""
+        keys = [scripts.record_key(session.session_id) for session, _, _ in entries]
         metrics.TIER_WRITES_IN_FLIGHT.set(len(entries))
         try:
-            results = await pipe.execute(raise_on_error=False)
+            results = await self._script(
+                scripts.WRITE, keys, self.instance_id, self._lease_ms, self._ttl_ms, *values
+            )
+        except ResponseError as err:  # a key that holds something else: those sessions only
+            await self._write_each(entries, values, err)
+            return
         except RedisError as err:
             self._report_unavailable(err)
             for _, future, _ in entries:
@@ -224,15 +225,30 @@ class RedisStateTier:
             metrics.TIER_WRITES_IN_FLIGHT.set(0)
         self._report_available()
         for (session, future, step), result in zip(entries, results, strict=True):
-            if result == 1:
+            if int(result) == 1:
                 session.written_step = step
                 session.dirty = session.step_count != step
                 _resolve(future)
-            elif isinstance(result, RedisError) and not isinstance(result, ResponseError):
-                _fail(future, self._unavailable_error())
             else:
                 self._lose(session)
                 _fail(future, _moved(session.session_id))
+
+    async def _write_each(
+        self,
+        entries: list[tuple[Session, asyncio.Future[None], int]],
+        values: list[Any],
+        err: ResponseError,
+    ) -> None:
+        """Redis refused a group write (a script error: some key is not a record of ours); write
+        the sessions one by one, so that only the damaged ones fail."""
+        if len(entries) == 1:
+            session, future, _ = entries[0]
+            metrics.TIER_ERRORS.labels("invalid").inc()
+            self._sessions.drop(session)
+            _fail(future, self._invalid(session.session_id, f"Redis refused the write ({err})"))
+            return
+        for index, entry in enumerate(entries):
+            await self._write_chunk([entry], values[4 * index : 4 * index + 4])
 
     def _lose(self, session: Session) -> None:
         """Another process owns the session now: forget this copy (its next call reloads)."""
@@ -265,8 +281,8 @@ class RedisStateTier:
     async def _load(self, session_id: str, identity: str) -> None:
         key = scripts.record_key(session_id)
         try:
-            reply: list[Any] = await self._redis().eval(
-                scripts.CLAIM, 1, key, self.instance_id, self._lease_ms, identity
+            reply: list[Any] = await self._script(
+                scripts.CLAIM, [key], self.instance_id, self._lease_ms, identity
             )
         except ResponseError as err:  # e.g. the key holds something that is not our record
             raise self._invalid(session_id, f"Redis refused to read it ({err})") from None
@@ -312,9 +328,7 @@ class RedisStateTier:
 
     async def _delete(self, session_id: str) -> None:
         try:
-            await self._redis().eval(
-                scripts.DELETE, 1, scripts.record_key(session_id), self.instance_id
-            )
+            await self._script(scripts.DELETE, [scripts.record_key(session_id)], self.instance_id)
         except RedisError as err:  # the key's idle TTL removes it in the end
             log.warning("could not delete the record of session %s: %s", short_id(session_id), err)
 
@@ -375,20 +389,16 @@ class RedisStateTier:
     async def _each_chunk(
         self, script: str, sessions: list[Session], *, renew: bool
     ) -> list[tuple[Session, int]]:
-        """Run a many-key script over `sessions` in chunks, pipelined; each session's answer."""
-        if not sessions:
-            return []
-        pipe = self._redis().pipeline(transaction=False)
-        chunks = [sessions[i : i + _CHUNK] for i in range(0, len(sessions), _CHUNK)]
-        for chunk in chunks:
+        """Run a many-key script over `sessions`, a chunk per call; each session's answer."""
+        answers: list[tuple[Session, int]] = []
+        for at in range(0, len(sessions), _CHUNK):
+            chunk = sessions[at : at + _CHUNK]
             keys = [scripts.record_key(s.session_id) for s in chunk]
             args = (self._lease_ms, self._ttl_ms) if renew else ()
-            pipe.eval(script, len(keys), *keys, self.instance_id, *args)
-        results = await pipe.execute()
-        if not renew:
-            return []
-        answers = itertools.chain.from_iterable(results)
-        return list(zip(sessions, (int(a) for a in answers), strict=True))
+            result = await self._script(script, keys, self.instance_id, *args)
+            if renew:
+                answers += zip(chunk, (int(a) for a in result), strict=True)
+        return answers
 
     def durable_lag(self) -> int:
         """Steps in memory that Redis does not hold yet, over every session held."""
@@ -397,6 +407,14 @@ class RedisStateTier:
             for s in self._sessions.live()
             if s.dirty or s.written_step is None
         )
+
+    async def _script(self, script: str, keys: list[str], *args: Any) -> Any:
+        """Run a script by its id (sent whole only when Redis does not have it: after a restart)."""
+        client = self._redis()
+        try:
+            return await client.evalsha(_SHA1[script], len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(script, len(keys), *keys, *args)
 
     # Errors.
 

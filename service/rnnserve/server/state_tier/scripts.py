@@ -14,6 +14,8 @@ Times come from Redis's own TIME, so a lease means the same on every replica.
 
 from __future__ import annotations
 
+import hashlib
+
 KEY_PREFIX = "rnnserve:s:"
 
 _NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
@@ -33,21 +35,33 @@ return {1, r[4], r[5]}
 """
 )
 
-# KEYS[1]; ARGV: instance, expected step ("new": the key must not exist), step, snap, lease_ms,
-# ttl_ms, identity. -> 1 written; 0 refused (another owner, or newer state: this copy is stale).
+# KEYS: the records of one group write; ARGV: instance, lease_ms, ttl_ms, then for each key four
+# values: expected step ("new": the key must not exist), step, snap, identity. One script for the
+# whole group: one command to encode, one reply to parse, and the group lands atomically.
+# -> per key 1 written, 0 refused (another owner, or newer state: this copy is stale).
 WRITE = (
     _NOW
     + """
-if ARGV[2] == 'new' then
-  if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-else
-  local r = redis.call('HMGET', KEYS[1], 'owner', 'step')
-  if r[1] ~= ARGV[1] or r[2] ~= ARGV[2] then return 0 end
+local out = {}
+for i, key in ipairs(KEYS) do
+  local at = 3 + (i - 1) * 4
+  local ok
+  if ARGV[at + 1] == 'new' then
+    ok = redis.call('EXISTS', key) == 0
+  else
+    local r = redis.call('HMGET', key, 'owner', 'step')
+    ok = r[1] == ARGV[1] and r[2] == ARGV[at + 1]
+  end
+  if ok then
+    redis.call('HSET', key, 'owner', ARGV[1], 'lease', now + tonumber(ARGV[2]),
+      'step', ARGV[at + 2], 'snap', ARGV[at + 3], 'identity', ARGV[at + 4])
+    redis.call('PEXPIRE', key, ARGV[3])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
 end
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'lease', now + tonumber(ARGV[5]), 'step', ARGV[3],
-  'snap', ARGV[4], 'identity', ARGV[7])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-return 1
+return out
 """
 )
 
@@ -82,6 +96,11 @@ for _, key in ipairs(KEYS) do
 end
 return #KEYS
 """
+
+
+def sha1(script: str) -> str:
+    """The script's id in Redis's script cache (EVALSHA)."""
+    return hashlib.sha1(script.encode()).hexdigest()  # Redis's own choice of hash
 
 
 def record_key(session_id: str) -> str:
