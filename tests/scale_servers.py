@@ -163,6 +163,13 @@ class HAProxy:
             rows = csv.DictReader(io.StringIO(reply.read().decode().lstrip("# ")))
             return {row["svname"]: row["status"] for row in rows if row["svname"] in self.servers}
 
+    def server_counter(self, server: str, counter: str) -> int:
+        """One counter of a backend server from the stats page ("stot": calls sent to it)."""
+        url = f"http://127.0.0.1:{self.stats_port}/;csv"
+        with urllib.request.urlopen(url, timeout=5) as reply:  # our own stats port
+            rows = csv.DictReader(io.StringIO(reply.read().decode().lstrip("# ")))
+            return next(int(row[counter]) for row in rows if row["svname"] == server)
+
     def wait_for_states(self, wanted: dict[str, str], timeout: float = 30) -> float:
         """Wait until the named servers are in the wanted states; returns the seconds it took."""
         started = time.monotonic()
