@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
-from rnnserve.client._codec import decode_session
 from rnnserve.client._errors import RnnServeError, convert_rpc_error
+from rnnserve.client._replay import failover_wait
 from rnnserve.client._rpc import Rpc
 from rnnserve.client._stream_core import SessionStreamCore, checked
 from rnnserve.client._types import InputLike, OutputFormat, OutputSteps, SessionInfo, StepOutput
@@ -36,22 +37,57 @@ class SessionStream(SessionStreamCore):
         on_step_count: Callable[[int | None], None] = lambda _: None,
     ) -> None:
         super().__init__(session_id, vocabulary, on_step_count)
-        self._requests: queue.Queue[pb.StreamRequest | None] = queue.Queue()
-        self._call: Any = rpc.stream(self._request_iterator(), timeout)
+        self._rpc = rpc
+        self._timeout = timeout
+        self._start_call()
         try:
-            response = self._exchange(self._open_request)
+            response = self._send(self._open_request)
         except RnnServeError:
             self._finish()
             self._call.cancel()
             raise
-        self.session: SessionInfo = decode_session(response.session)
+        self.session: SessionInfo = self._was_opened(response)
         """The session as the server last described it (on open and reset)."""
 
-    def _request_iterator(self) -> Iterator[pb.StreamRequest]:
-        while (request := self._requests.get()) is not _CLOSE:
+    def _start_call(self) -> None:
+        self._requests: queue.Queue[pb.StreamRequest | None] = queue.Queue()
+        self._call: Any = self._rpc.stream(self._request_iterator(self._requests), self._timeout)
+        self._closed = False
+
+    @staticmethod
+    def _request_iterator(
+        requests: queue.Queue[pb.StreamRequest | None],
+    ) -> Iterator[pb.StreamRequest]:
+        while (request := requests.get()) is not _CLOSE:
             yield request
 
     def _exchange(self, request: pb.StreamRequest) -> pb.StreamResponse:
+        """Send one message and return its reply; survive the loss of the server process (a
+        proxy in front, a shared state tier behind) by continuing on a new call."""
+        try:
+            return self._send(request)
+        except RnnServeError as error:
+            if not self._may_reconnect(error):
+                raise
+            return self._reconnect(request)
+
+    def _reconnect(self, request: pb.StreamRequest) -> pb.StreamResponse:
+        """Open the session again on a new call (the proxy sends it to a survivor, which loads
+        it), replay the inputs since the durable step count, then send `request` again."""
+        started, attempt = time.monotonic(), 0
+        while True:
+            self._call.cancel()
+            self._start_call()
+            try:
+                opened = self._send(self._open_request)
+                for replay in self._resume_requests(opened, request):
+                    self._send(replay)
+                return self._send(request)
+            except RnnServeError as failure:
+                time.sleep(failover_wait(failure, attempt, started))
+                attempt += 1
+
+    def _send(self, request: pb.StreamRequest) -> pb.StreamResponse:
         if self._closed:
             raise RnnServeError("the stream is closed", code=grpc.StatusCode.CANCELLED)
         self._requests.put(self._numbered(request))
@@ -76,8 +112,15 @@ class SessionStream(SessionStreamCore):
         steps: OutputSteps | str = OutputSteps.ALL,
         top_k: int = 5,
     ) -> StepOutput:
-        """Send one message of input and return its outputs (see :meth:`Session.feed`)."""
-        return self._fed(self._exchange(self._step_request(data, output, steps, top_k)))
+        """Send one message of input and return its outputs (see :meth:`Session.feed`).
+
+        If the server process holding the session is lost (behind a proxy, with a shared state
+        tier), the stream continues on a new call to the process that takes the session over,
+        replaying the inputs since the durable step count first, so the outputs are those of an
+        uninterrupted run.
+        """
+        request = self._step_request(data, output, steps, top_k)
+        return self._fed(self._exchange(request), request)
 
     def reset(self) -> SessionInfo:
         """Set the session's state back to the model's initial state."""

@@ -9,11 +9,18 @@ reaches the state an uninterrupted run had, and the outputs the user sees next a
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 
-from rnnserve.client._errors import DataLoss
+import grpc
+from rnnserve.client._errors import DataLoss, RnnServeError
 from rnnserve.v1 import rnnserve_pb2 as pb
+
+#: How long a session's step keeps being tried while the session moves to a survivor after its
+#: process died: the proxy's health check (1-2 s with deploy/haproxy/haproxy.cfg) plus the dead
+#: owner's lease in the state tier (owner_lease_s, 10 s by default).
+FAILOVER_WAIT_S = 30.0
 
 #: The output asked of a replayed message: none (the user already has its outputs).
 REPLAY_OUTPUT = pb.OutputOptions(steps=pb.OUTPUT_STEPS_LAST, format=pb.OUTPUT_FORMAT_NONE)
@@ -101,3 +108,14 @@ class ReplayLog:
                 field="expected_step_count",
             )
         return plan
+
+
+def failover_wait(failure: RnnServeError, attempt: int, started: float) -> float:
+    """Seconds to wait before trying a failed-over step again (attempt 0, 1, ...: 0.1 s doubling
+    to 1 s); raises `failure` when it does not say the move is still in progress (UNAVAILABLE)
+    or when FAILOVER_WAIT_S since `started` (a ``time.monotonic()``) would be spent."""
+    wait = min(1.0, 0.1 * 2.0**attempt)
+    in_progress = failure.code == grpc.StatusCode.UNAVAILABLE
+    if not in_progress or time.monotonic() + wait > started + FAILOVER_WAIT_S:
+        raise failure
+    return wait

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import grpc
 from rnnserve.client._codec import decode_result, decode_session
 from rnnserve.client._errors import RnnServeError
-from rnnserve.client._replay import REPLAY_OUTPUT, ReplayLog
+from rnnserve.client._replay import REPLAY_OUTPUT, ReplayLog, failover_wait
 from rnnserve.client._requests import aim_generation, step_request
 from rnnserve.client._types import (
     GeneratedToken,
@@ -20,10 +18,6 @@ from rnnserve.client._types import (
 from rnnserve.v1 import rnnserve_pb2 as pb
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
-#: How long Session.feed keeps trying a step while its session moves to a survivor after its
-#: process died: the proxy's health check (1-2 s with deploy/haproxy/haproxy.cfg) plus the dead
-#: owner's lease in the state tier (owner_lease_s, 10 s by default).
-FAILOVER_WAIT_S = 30.0
 
 # After these failures a step may or may not have run, so the step count must be asked again.
 UNCERTAIN_CODES = frozenset(
@@ -116,15 +110,13 @@ class SessionCore:
         )
 
     def _failover_wait(self, failure: RnnServeError, attempt: int, started: float) -> float:
-        """Seconds to wait before trying a failed-over step again; raises `failure` (and marks
-        the step count uncertain) when it is not a failover still in progress or the time for
-        one (FAILOVER_WAIT_S) is spent."""
-        wait = min(1.0, 0.1 * 2.0**attempt)
-        in_progress = failure.code == UNAVAILABLE
-        if not in_progress or time.monotonic() + wait > started + FAILOVER_WAIT_S:
+        """Seconds to wait before trying a failed-over step again (see `failover_wait`); marks
+        the step count uncertain when it gives up."""
+        try:
+            return failover_wait(failure, attempt, started)
+        except RnnServeError:
             self._step_count = None
-            raise failure
-        return wait
+            raise
 
     def _replays(
         self, request: pb.StepRequest, server_step_count: int, error: RnnServeError

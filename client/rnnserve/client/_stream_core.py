@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 from rnnserve.client._codec import (
     decode_result,
     decode_session,
@@ -12,7 +13,8 @@ from rnnserve.client._codec import (
     encode_input,
     encode_options,
 )
-from rnnserve.client._errors import InvalidArgument, from_stream_error
+from rnnserve.client._errors import InvalidArgument, RnnServeError, from_stream_error
+from rnnserve.client._replay import REPLAY_OUTPUT, ReplayLog
 from rnnserve.client._requests import stream_open_request, stream_step_request
 from rnnserve.client._types import (
     FinishReason,
@@ -33,6 +35,15 @@ SENT = "sent"
 LOCAL_ERROR = "local"
 RAISED = "raised"
 END = "end"
+# How a call that lost its server process ends, through a proxy or directly.
+_CONNECTION_LOST = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    }
+)
 # The call ended (any status); lets a reader waiting for a slow input learn that the call died.
 CALL_DONE = "call-done"
 
@@ -160,6 +171,10 @@ class SessionStreamCore:
         self._on_step_count = on_step_count
         self._counter = 0
         self._closed = False
+        # For a reconnect after the proxy lost the backend: the step count and the inputs
+        # beyond the durable step count (kept only while the server reports durability).
+        self._step_count: int | None = None
+        self._replay = ReplayLog()
 
     def _numbered(self, request: pb.StreamRequest) -> pb.StreamRequest:
         self._counter += 1
@@ -171,12 +186,48 @@ class SessionStreamCore:
     ) -> pb.StreamRequest:
         return stream_step_request(data, self._vocabulary, output, steps, top_k)
 
-    def _fed(self, response: pb.StreamResponse) -> StepOutput:
+    def _fed(self, response: pb.StreamResponse, request: pb.StreamRequest) -> StepOutput:
         result = decode_result(response.result)
+        if self._step_count is not None:
+            self._replay.answered(
+                self._step_count, request.step, result.step_count, result.durable_step_count
+            )
+        self._step_count = result.step_count
         self._on_step_count(result.step_count)
         return result
 
+    def _was_opened(self, response: pb.StreamResponse) -> SessionInfo:
+        session = decode_session(response.session)
+        self._step_count = session.step_count
+        self._replay.tracking = session.durable_step_count is not None
+        return session
+
     def _was_reset(self, response: pb.StreamResponse) -> SessionInfo:
         session = decode_session(response.session)
+        self._replay.clear()
+        self._step_count = session.step_count
         self._on_step_count(session.step_count)
         return session
+
+    # -- reconnecting (the proxy lost the backend; the state tier lets another take over) -----
+
+    def _may_reconnect(self, error: RnnServeError) -> bool:
+        """Whether a failed call may be the loss of its server process, to be survived by
+        opening a new call on the same session (only while the server reports durability)."""
+        return self._replay.tracking and error.code in _CONNECTION_LOST
+
+    def _resume_requests(
+        self, opened: pb.StreamResponse, request: pb.StreamRequest
+    ) -> list[pb.StreamRequest]:
+        """After re-opening the session on a new call: the replays that bring it back to this
+        stream's step count before `request` is sent again (none before a reset).
+
+        Raises:
+            DataLoss: the session fell back past the inputs kept, or went ahead (a step ran
+                whose reply was lost): the outputs of an uninterrupted run cannot be given.
+        """
+        server_step_count = decode_session(checked(opened).session).step_count
+        if request.control == pb.CONTROL_ACTION_RESET or self._step_count is None:
+            return []
+        plan = self._replay.plan(server_step_count, self._step_count)
+        return [pb.StreamRequest(step=item.step, output=REPLAY_OUTPUT) for item in plan]

@@ -3,12 +3,21 @@ the client library carries every session on, with outputs identical to an uninte
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-from rnnserve.client import Client
-from scale_servers import haproxy_server, redis_server, require_binary, rnnserve_workers
+from rnnserve.client import AsyncClient, Client
+from scale_servers import (
+    HAProxy,
+    Worker,
+    haproxy_server,
+    redis_server,
+    require_binary,
+    rnnserve_workers,
+)
 from tiny_models import GRU_LM
 
 pytestmark = pytest.mark.slow  # Redis, two servers, a proxy, a health check to wait for
@@ -22,10 +31,11 @@ def _feed(session: object, data: list[int]) -> list[float]:
     return [float(v) for v in np.asarray(out.tensor).ravel()]
 
 
-@pytest.mark.parametrize("durability", ["sync", "batch"])
-def test_kill_9_of_a_replica_loses_no_session_and_changes_no_output(
+@contextmanager
+def _cluster(
     tiny_repository: Path, tmp_path: Path, durability: str
-) -> None:
+) -> Iterator[tuple[list[Worker], HAProxy, Client]]:
+    """Redis (AOF), two workers on it (owner lease 2 s), HAProxy, a client through it."""
     require_binary("haproxy", "haproxy")
     require_binary("redis-server", "redis-server")
     with redis_server(tmp_path / "redis", appendonly=True) as redis:
@@ -40,20 +50,72 @@ def test_kill_9_of_a_replica_loses_no_session_and_changes_no_output(
             haproxy_server(workers, tmp_path) as proxy,
             Client(proxy.address, client_id="failover", timeout=10) as client,
         ):
-            with client.session(GRU_LM) as reference_session:
-                reference = [_feed(reference_session, data) for data in INPUTS]
-            sessions = [client.session(GRU_LM) for _ in range(SESSIONS)]
+            yield workers, proxy, client
+
+
+@pytest.mark.parametrize("durability", ["sync", "batch"])
+def test_kill_9_of_a_replica_loses_no_stream_and_changes_no_output(
+    tiny_repository: Path, tmp_path: Path, durability: str
+) -> None:
+    with _cluster(tiny_repository, tmp_path, durability) as (workers, proxy, client):
+        with client.session(GRU_LM) as reference_session:
+            reference = [_feed(reference_session, data) for data in INPUTS]
+        sessions = [client.session(GRU_LM) for _ in range(SESSIONS)]
+        created = proxy.server_counter("worker1", "stot")
+        streams = [session.open_stream() for session in sessions]
+        outputs: list[list[list[float]]] = [[] for _ in sessions]
+        for data in INPUTS[:KILL_AFTER]:
+            for index, stream in enumerate(streams):
+                outputs[index].append(_feed(stream, data))
+        # The victim holds some of the streams (each call counts once, when it starts).
+        assert proxy.server_counter("worker1", "stot") > created
+        workers[0].kill()
+        for data in INPUTS[KILL_AFTER:]:
+            for index, stream in enumerate(streams):
+                outputs[index].append(_feed(stream, data))
+        for stream in streams:
+            stream.close()
+        assert sum(result != reference for result in outputs) == 0
+
+
+@pytest.mark.parametrize("durability", ["sync", "batch"])
+def test_kill_9_of_a_replica_loses_no_session_and_changes_no_output(
+    tiny_repository: Path, tmp_path: Path, durability: str
+) -> None:
+    with _cluster(tiny_repository, tmp_path, durability) as (workers, proxy, client):
+        with client.session(GRU_LM) as reference_session:
+            reference = [_feed(reference_session, data) for data in INPUTS]
+        sessions = [client.session(GRU_LM) for _ in range(SESSIONS)]
+        outputs: list[list[list[float]]] = [[] for _ in sessions]
+        created = proxy.server_counter("worker1", "stot")
+        for data in INPUTS[:KILL_AFTER]:
+            for index, session in enumerate(sessions):
+                outputs[index].append(_feed(session, data))
+        # The victim holds sessions: the feeds of at least one went to it.
+        assert proxy.server_counter("worker1", "stot") - created >= KILL_AFTER
+        workers[0].kill()
+        for data in INPUTS[KILL_AFTER:]:
+            for index, session in enumerate(sessions):
+                outputs[index].append(_feed(session, data))
+        lost = sum(result != reference for result in outputs)
+        assert lost == 0
+        assert proxy.server_states()["worker1"] == "DOWN"
+
+
+async def test_an_async_stream_survives_the_kill_too(tiny_repository: Path, tmp_path: Path) -> None:
+    with _cluster(tiny_repository, tmp_path, "batch") as (workers, proxy, client):
+        with client.session(GRU_LM) as reference_session:
+            reference = [_feed(reference_session, data) for data in INPUTS]
+        async with AsyncClient(proxy.address, client_id="failover", timeout=10) as aio:
+            sessions = [await aio.session(GRU_LM).__aenter__() for _ in range(SESSIONS)]
+            streams = [await session.open_stream().__aenter__() for session in sessions]
             outputs: list[list[list[float]]] = [[] for _ in sessions]
-            created = proxy.server_counter("worker1", "stot")
-            for data in INPUTS[:KILL_AFTER]:
-                for index, session in enumerate(sessions):
-                    outputs[index].append(_feed(session, data))
-            # The victim holds sessions: the feeds of at least one went to it.
-            assert proxy.server_counter("worker1", "stot") - created >= KILL_AFTER
-            workers[0].kill()
-            for data in INPUTS[KILL_AFTER:]:
-                for index, session in enumerate(sessions):
-                    outputs[index].append(_feed(session, data))
-            lost = sum(result != reference for result in outputs)
-            assert lost == 0
-            assert proxy.server_states()["worker1"] == "DOWN"
+            for position, data in enumerate(INPUTS):
+                if position == KILL_AFTER:
+                    workers[0].kill()
+                for index, stream in enumerate(streams):
+                    out = await stream.feed(data)
+                    outputs[index].append([float(v) for v in np.asarray(out.tensor).ravel()])
+            for stream in streams:
+                await stream.close()
+        assert sum(result != reference for result in outputs) == 0
