@@ -263,10 +263,11 @@ class InferenceEngine(InferenceCore):
             return self.sessions.view(session)
 
     async def _hold(self, session_id: str, identity: str) -> None:
-        """With a shared state tier, load a session this process does not hold (failover, or
-        evicted from memory) before it is looked up."""
-        if self.tier is not None and session_id not in self.sessions:
-            await self.tier.load(session_id, identity)
+        """With a shared state tier, make sure this process may serve the session before it is
+        looked up: load it if it is not in memory (failover, or evicted), confirm its lease if
+        it has lapsed."""
+        if self.tier is not None:
+            await self.tier.hold(session_id, identity)
 
     # Steps.
 

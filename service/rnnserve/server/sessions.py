@@ -73,6 +73,7 @@ class Session:
     # wrote it (None: not written yet), and whether the memory copy is newer than that.
     written_step: int | None = None
     dirty: bool = False
+    lease_until: float = 0.0  # monotonic time this process's lease on it is sure to last until
 
     @property
     def key(self) -> ModelKey:
@@ -128,6 +129,10 @@ class SessionManager:
     def live(self) -> Iterator[Session]:
         """Every live session (a snapshot of the list, safe to mutate the manager meanwhile)."""
         return iter(list(self._sessions.values()))
+
+    def peek(self, session_id: str) -> Session | None:
+        """The live session of this id, if in memory (no owner check, no TTL, no side effect)."""
+        return self._sessions.get(session_id)
 
     def oldest(self) -> Iterator[Session]:
         """Live sessions, least recently used first (lazy: do not change the manager meanwhile)."""

@@ -132,3 +132,40 @@ async def test_reload_after_eviction_is_bit_identical(
     np.testing.assert_array_equal(
         await feed(engine, first, tokens(7, 4)), await feed(reference, twin, tokens(7, 4))
     )
+
+
+async def test_an_idle_copy_is_confirmed_and_never_served_stale(
+    make_engine: EngineFactory, redis_db: RedisServer
+) -> None:
+    settings = {"durability": "sync", "owner_lease_s": 0.3}
+    first = await tiered(make_engine, redis_db, instance_id="first", **settings)
+    second = await tiered(make_engine, redis_db, instance_id="second", **settings)
+    reference = await make_engine()
+    session_id = (await first.create_session(GRU_LM, 0, ME)).session_id
+    twin = (await reference.create_session(GRU_LM, 0, ME)).session_id
+    for seed in (1, 2):
+        await feed(first, session_id, tokens(seed, 2))
+        await feed(reference, twin, tokens(seed, 2))
+    # idle on `first` past its lease (only active sessions are renewed) ...
+    while (lease := stored(redis_db, session_id)[b"lease"]) and int(lease) > _redis_ms(redis_db):
+        await asyncio.sleep(0.05)
+    # ... so `second` takes it over, moves it on, and stops (its lease released)
+    for seed in (3, 4):
+        await feed(second, session_id, tokens(seed, 2))
+        await feed(reference, twin, tokens(seed, 2))
+    await second.stop(0.5)
+    # `first` still holds step 4 in memory: it must notice and continue from step 8
+    np.testing.assert_array_equal(
+        await feed(first, session_id, tokens(5, 2)), await feed(reference, twin, tokens(5, 2))
+    )
+    assert (await first.get_session(session_id, ME)).step_count == 10
+
+
+def _redis_ms(server: RedisServer) -> int:
+    """Redis's clock (what leases are measured on), in ms."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        seconds, micros = client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+    finally:
+        client.close()

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Iterable
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -38,6 +39,7 @@ _SHA1 = {
     script: scripts.sha1(script)
     for script in (scripts.CLAIM, scripts.WRITE, scripts.RENEW, scripts.DELETE, scripts.RELEASE)
 }
+_LEASE_MARGIN = 0.9
 # A Redis that does not answer within this long counts as unreachable (the step is refused).
 _SOCKET_TIMEOUT_S = 2.0
 
@@ -72,6 +74,9 @@ class RedisStateTier:
         self.durability: Durability = settings.durability
         self._url = settings.redis_url
         self._lease_ms = max(1, round(settings.owner_lease_s * 1000))
+        # What this process counts on: a lease runs from when its script was sent, less a margin
+        # for the time Redis took to run it.
+        self._lease_s = settings.owner_lease_s * _LEASE_MARGIN
         self._ttl_ms = max(1, round(settings.session_ttl_s * 1000))
         self._renew_every_s = settings.owner_lease_s / 3
         self._cache_size = settings.session_cache_size
@@ -82,6 +87,8 @@ class RedisStateTier:
         self._pending: dict[str, tuple[Session, asyncio.Future[None]]] = {}
         self._writer: asyncio.Task[None] | None = None
         self._loading: dict[str, asyncio.Future[None]] = {}
+        self._unwritten: dict[str, Session] = {}  # batch writes that failed: retried
+        self._in_flight: list[Session] = []
         self._deleting: dict[str, asyncio.Task[None]] = {}
         self._maintainer: asyncio.Task[None] | None = None
         self._unavailable = False  # logged once per outage, not once per step
@@ -209,6 +216,8 @@ class RedisStateTier:
         """One WRITE script call for these sessions; each future told its own outcome."""
         keys = [scripts.record_key(session.session_id) for session, _, _ in entries]
         metrics.TIER_WRITES_IN_FLIGHT.set(len(entries))
+        self._in_flight = [session for session, _, _ in entries]
+        sent = time.monotonic()
         try:
             results = await self._script(
                 scripts.WRITE, keys, self.instance_id, self._lease_ms, self._ttl_ms, *values
@@ -218,16 +227,20 @@ class RedisStateTier:
             return
         except RedisError as err:
             self._report_unavailable(err)
-            for _, future, _ in entries:
+            for session, future, _ in entries:
                 _fail(future, self._unavailable_error())
+                if self.durability == "batch":  # nobody waits for it: written when Redis is back
+                    self._unwritten[session.session_id] = session
             return
         finally:
             metrics.TIER_WRITES_IN_FLIGHT.set(0)
+            self._in_flight = []
         self._report_available()
         for (session, future, step), result in zip(entries, results, strict=True):
             if int(result) == 1:
                 session.written_step = step
                 session.dirty = session.step_count != step
+                session.lease_until = sent + self._lease_s
                 _resolve(future)
             else:
                 self._lose(session)
@@ -261,28 +274,65 @@ class RedisStateTier:
 
     # Loading.
 
-    async def load(self, session_id: str, identity: str) -> None:
-        """Bring a session this process does not hold into memory from Redis, taking its lease.
+    async def hold(self, session_id: str, identity: str) -> None:
+        """Make sure this process may serve the session before a call uses it.
 
-        Returns without a session when Redis has no record of it for `identity` (the caller then
-        answers not found). SessionMoved while another process holds a live lease on it;
+        A session not in memory is loaded from Redis, taking its lease. A session in memory whose
+        lease has lapsed (idle longer than `owner_lease_s`: only active sessions are renewed) is
+        confirmed first: if Redis still names this process and the step it last wrote, the lease
+        is taken again; if another process has moved it on, this copy is dropped and the newer
+        state loaded (or SessionMoved while that process holds it). Returns without a session
+        when Redis has no record of it for `identity` (the caller answers not found).
         SessionStateInvalid for a record this server cannot use; StateTierUnavailable when Redis
         does not answer.
         """
-        if session_id in self._sessions:
+        session = self._sessions.peek(session_id)
+        if session is not None and not self._lapsed(session, identity):
             return
-        loading = self._loading.get(session_id)
-        if loading is None:
-            loading = asyncio.ensure_future(self._load(session_id, identity))
-            self._loading[session_id] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(session_id, None))
-        await asyncio.shield(loading)
+        holding = self._loading.get(session_id)
+        if holding is None:
+            holding = asyncio.ensure_future(self._hold(session_id, identity))
+            self._loading[session_id] = holding
+            holding.add_done_callback(lambda _: self._loading.pop(session_id, None))
+        await asyncio.shield(holding)
 
-    async def _load(self, session_id: str, identity: str) -> None:
-        key = scripts.record_key(session_id)
+    def _lapsed(self, session: Session, identity: str) -> bool:
+        """True if the session's lease may have lapsed and it must be confirmed before use."""
+        return (
+            session.identity == identity  # someone else's session: answered not found anyway
+            and not session.busy  # a running step's write checks ownership itself
+            and session.written_step is not None  # not in Redis yet (durability none)
+            and session.lease_until <= time.monotonic()
+        )
+
+    async def _hold(self, session_id: str, identity: str) -> None:
+        session = self._sessions.peek(session_id)
+        if session is not None:
+            reply, sent = await self._claim(session_id, identity)
+            if (
+                reply[0] == 1
+                and int(reply[1]) == session.written_step
+                and self._sessions.peek(session_id) is session
+            ):
+                session.lease_until = sent + self._lease_s
+                return
+            self._lose(session)  # moved on elsewhere (or gone): this copy is stale
+            if reply[0] != 1:
+                self._refuse(session_id, reply)
+                return
+        await self._load(session_id, identity)
+
+    async def _claim(self, session_id: str, identity: str) -> tuple[list[Any], float]:
+        """The CLAIM script's reply for the session (the lease is ours if it says 1), and when
+        it was sent (monotonic)."""
+        sent = time.monotonic()
         try:
             reply: list[Any] = await self._script(
-                scripts.CLAIM, [key], self.instance_id, self._lease_ms, identity
+                scripts.CLAIM,
+                [scripts.record_key(session_id)],
+                self.instance_id,
+                self._lease_ms,
+                identity,
             )
         except ResponseError as err:  # e.g. the key holds something that is not our record
             raise self._invalid(session_id, f"Redis refused to read it ({err})") from None
@@ -290,8 +340,11 @@ class RedisStateTier:
             self._report_unavailable(err)
             raise self._unavailable_error() from None
         self._report_available()
-        if reply[0] == 0:
-            return
+        return reply, sent
+
+    @staticmethod
+    def _refuse(session_id: str, reply: list[Any]) -> None:
+        """Raise SessionMoved for a CLAIM that found another live owner (no record: nothing)."""
         if reply[0] == 2:
             metrics.TIER_ERRORS.labels("moved").inc()
             raise SessionMoved(
@@ -299,6 +352,12 @@ class RedisStateTier:
                 f"{int(reply[2])} ms more); retry",
                 field="session_id",
             )
+
+    async def _load(self, session_id: str, identity: str) -> None:
+        reply, claimed_at = await self._claim(session_id, identity)
+        if reply[0] != 1:
+            self._refuse(session_id, reply)
+            return
         if session_id in self._sessions:  # loaded by a call that raced this one
             return
         try:
@@ -313,6 +372,7 @@ class RedisStateTier:
         except (InvalidSnapshot, ValueError, TypeError) as err:
             raise self._invalid(session_id, getattr(err, "message", str(err))) from None
         session.written_step = step
+        session.lease_until = claimed_at + self._lease_s
         metrics.TIER_LOADS.inc()
         log.info("session %s loaded from the state tier", short_id(session_id))
 
@@ -364,15 +424,15 @@ class RedisStateTier:
         metrics.TIER_EVICTIONS.inc(len(clean))
 
     async def _maintain(self) -> None:
-        """Renew the leases of the sessions held, retry failed writes, evict, report the lag."""
+        """Renew the leases of active sessions, retry failed writes, evict, report the lag."""
         while True:
             await asyncio.sleep(self._renew_every_s)
             try:
                 await self._renew()
-                if self.durability == "batch":
-                    for session in list(self._sessions.live()):
-                        if session.dirty and not session.busy:
-                            self.persist(session)
+                unwritten, self._unwritten = self._unwritten, {}
+                for session in unwritten.values():
+                    if session.dirty and not session.closed:
+                        self.persist(session)
                 self._trim()
                 metrics.TIER_DURABLE_LAG.set(self.durable_lag())
             except RedisError as err:
@@ -381,9 +441,26 @@ class RedisStateTier:
                 log.exception("state tier maintenance failed")
 
     async def _renew(self) -> None:
-        held = [s for s in self._sessions.live() if s.written_step is not None]
+        """Renew the leases about to lapse of sessions used within the last lease.
+
+        Idle sessions let theirs lapse (a working set of 100,000 would otherwise cost 100 script
+        calls every few seconds); their next call confirms the lease first (`hold`). With sync or
+        batch durability every step's write renews its lease too, so this is mostly for none.
+        """
+        now = time.monotonic()
+        due = now + 2 * self._renew_every_s
+        active = now - self._lease_s
+        held: list[Session] = []
+        for session in reversed(list(self._sessions.oldest())):
+            if session.last_used < active:
+                break  # least recently used order: the rest are idle too
+            if session.written_step is not None and session.lease_until <= due:
+                held.append(session)
+        sent = time.monotonic()
         for session, renewed in await self._each_chunk(scripts.RENEW, held, renew=True):
-            if not renewed and not session.busy and not session.closed:
+            if renewed:
+                session.lease_until = sent + self._lease_s
+            elif not session.busy and not session.closed:
                 self._lose(session)  # its lease went to another process
 
     async def _each_chunk(
@@ -402,10 +479,19 @@ class RedisStateTier:
 
     def durable_lag(self) -> int:
         """Steps in memory that Redis does not hold yet, over every session held."""
+        if self.durability == "sync":
+            return 0  # a step is only answered once Redis holds it
+        if self.durability == "batch":  # only queued, in-flight or failed writes lag
+            lagging = {s.session_id: s for s, _ in self._pending.values()}
+            lagging.update(self._unwritten)
+            lagging.update((s.session_id, s) for s in self._in_flight)
+            sessions: Iterable[Session] = lagging.values()
+        else:
+            sessions = self._sessions.live()
         return sum(
             s.step_count - (s.written_step or 0)
-            for s in self._sessions.live()
-            if s.dirty or s.written_step is None
+            for s in sessions
+            if not s.closed and (s.dirty or s.written_step is None)
         )
 
     async def _script(self, script: str, keys: list[str], *args: Any) -> Any:
