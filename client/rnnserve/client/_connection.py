@@ -35,17 +35,25 @@ class SessionStream(SessionStreamCore):
         session_id: str,
         vocabulary: Vocabulary | None,
         on_step_count: Callable[[int | None], None] = lambda _: None,
+        durable: bool = False,
     ) -> None:
-        super().__init__(session_id, vocabulary, on_step_count)
+        super().__init__(session_id, vocabulary, on_step_count, durable)
         self._rpc = rpc
         self._timeout = timeout
         self._start_call()
-        try:
-            response = self._send(self._open_request)
-        except RnnServeError:
-            self._finish()
-            self._call.cancel()
-            raise
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                response = self._send(self._open_request)
+                break
+            except RnnServeError as error:
+                self._finish()
+                self._call.cancel()
+                if not self._may_reconnect(error):
+                    raise
+                time.sleep(failover_wait(error, attempt, started))
+                attempt += 1
+                self._start_call()
         self.session: SessionInfo = self._was_opened(response)
         """The session as the server last described it (on open and reset)."""
 

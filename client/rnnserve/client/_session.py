@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from rnnserve.client._codec import output_options
 from rnnserve.client._connection import SessionStream
@@ -103,6 +104,17 @@ class Session(SessionCore):
                 time.sleep(self._failover_wait(failure, attempt, started))
                 attempt += 1
 
+    def _call(self, method: str, request: Any, timeout: float | None) -> Any:
+        """An idempotent call of this session, retried on UNAVAILABLE; while the server reports
+        durability, a failover in progress is waited out (see ``FAILOVER_WAIT_S``)."""
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                return self._rpc.call(method, request, timeout=timeout, idempotent=True)
+            except RnnServeError as failure:
+                time.sleep(self._session_call_wait(failure, attempt, started))
+                attempt += 1
+
     def stream(
         self,
         inputs: Iterable[InputLike],
@@ -148,6 +160,7 @@ class Session(SessionCore):
             self.session_id,
             self._model.vocabulary,
             on_step_count=self._track_step_count,
+            durable=self._replay.tracking,
         )
 
     def generate(
@@ -184,12 +197,8 @@ class Session(SessionCore):
 
     def describe(self, *, timeout: float | None = None) -> SessionInfo:
         """Ask the server for the session's current description (step count, expiry)."""
-        response = self._rpc.call(
-            "GetSession",
-            pb.GetSessionRequest(session_id=self.session_id),
-            timeout=timeout,
-            idempotent=True,
-        )
+        request = pb.GetSessionRequest(session_id=self.session_id)
+        response = self._call("GetSession", request, timeout)
         return self._described(response.session)
 
     def reset(self, *, timeout: float | None = None) -> SessionInfo:
@@ -201,12 +210,8 @@ class Session(SessionCore):
 
     def snapshot(self, *, timeout: float | None = None) -> bytes:
         """Export the state as integrity-checked snapshot bytes (see :meth:`Client.restore`)."""
-        response = self._rpc.call(
-            "ExportState",
-            pb.ExportStateRequest(session_id=self.session_id),
-            timeout=timeout,
-            idempotent=True,
-        )
+        request = pb.ExportStateRequest(session_id=self.session_id)
+        response = self._call("ExportState", request, timeout)
         self._described(response.session)
         return bytes(response.snapshot)
 
@@ -218,7 +223,8 @@ class Session(SessionCore):
         # Already gone (expired, evicted or closed) means nothing is left to free.
         with contextlib.suppress(NotFound):
             request = pb.CloseSessionRequest(session_id=self.session_id)
-            self._rpc.call("CloseSession", request, timeout=timeout)
+            # Idempotent in effect: a close that ran twice finds the session gone (NotFound).
+            self._call("CloseSession", request, timeout)
 
     def __enter__(self) -> Session:
         return self

@@ -44,6 +44,7 @@ class SessionCore:
         self._closed = False
         # The inputs after the durable step count, for a failover (a shared state tier only).
         self._replay = ReplayLog()
+        self._replay.tracking = info.durable_step_count is not None
 
     @property
     def session_id(self) -> str:
@@ -109,6 +110,13 @@ class SessionCore:
             error.code == grpc.StatusCode.ABORTED and error.field == "expected_step_count"
         )
 
+    def _session_call_wait(self, failure: RnnServeError, attempt: int, started: float) -> float:
+        """Seconds to wait before trying an idempotent call of this session again: only while
+        the server reports durability (a failover may be in progress); else raises `failure`."""
+        if not self._replay.tracking:
+            raise failure
+        return failover_wait(failure, attempt, started)
+
     def _failover_wait(self, failure: RnnServeError, attempt: int, started: float) -> float:
         """Seconds to wait before trying a failed-over step again (see `failover_wait`); marks
         the step count uncertain when it gives up."""
@@ -145,6 +153,7 @@ class SessionCore:
     def _described(self, session: pb.SessionInfo) -> SessionInfo:
         self._info = decode_session(session)
         self._step_count = self._info.step_count
+        self._replay.tracking = self._info.durable_step_count is not None
         return self._info
 
     def _stepping_out_of_sight(self) -> None:

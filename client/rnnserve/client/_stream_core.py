@@ -165,6 +165,7 @@ class SessionStreamCore:
         session_id: str,
         vocabulary: Vocabulary | None,
         on_step_count: Callable[[int | None], None],
+        durable: bool = False,
     ) -> None:
         self._open_request = stream_open_request(session_id)  # numbered "1" when it is sent
         self._vocabulary = vocabulary
@@ -175,6 +176,9 @@ class SessionStreamCore:
         # beyond the durable step count (kept only while the server reports durability).
         self._step_count: int | None = None
         self._replay = ReplayLog()
+        # The session was last described with a durable step count: a failover may be under way
+        # when the stream opens, so an UNAVAILABLE open is tried again (see failover_wait).
+        self._replay.tracking = durable
 
     def _numbered(self, request: pb.StreamRequest) -> pb.StreamRequest:
         self._counter += 1

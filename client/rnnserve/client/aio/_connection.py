@@ -31,8 +31,9 @@ class AsyncSessionStream(SessionStreamCore):
         session_id: str,
         vocabulary: Vocabulary | None,
         on_step_count: Callable[[int | None], None] = lambda _: None,
+        durable: bool = False,
     ) -> None:
-        super().__init__(session_id, vocabulary, on_step_count)
+        super().__init__(session_id, vocabulary, on_step_count, durable)
         self._rpc = rpc
         self._timeout = timeout
         self._call: Any = None
@@ -41,13 +42,19 @@ class AsyncSessionStream(SessionStreamCore):
 
     async def open(self) -> AsyncSessionStream:
         """Start the call and bind it to the session (``async with`` does this)."""
-        self._call = self._rpc.stream(self._timeout)
-        try:
-            response = await self._send(self._open_request)
-        except RnnServeError:
-            self._closed = True
-            self._call.cancel()
-            raise
+        started, attempt = time.monotonic(), 0
+        while True:
+            self._call, self._closed = self._rpc.stream(self._timeout), False
+            try:
+                response = await self._send(self._open_request)
+                break
+            except RnnServeError as error:
+                self._closed = True
+                self._call.cancel()
+                if not self._may_reconnect(error):
+                    raise
+                await asyncio.sleep(failover_wait(error, attempt, started))
+                attempt += 1
         self.session = self._was_opened(response)
         return self
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterable, Iterable, Sequence
+from typing import Any
 
 from rnnserve.client._codec import output_options
 from rnnserve.client._errors import NotFound, RnnServeError
@@ -86,6 +87,17 @@ class AsyncSession(SessionCore):
                 await asyncio.sleep(self._failover_wait(failure, attempt, started))
                 attempt += 1
 
+    async def _call(self, method: str, request: Any, timeout: float | None) -> Any:
+        """An idempotent call of this session, retried on UNAVAILABLE; while the server reports
+        durability, a failover in progress is waited out (see ``FAILOVER_WAIT_S``)."""
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                return await self._rpc.call(method, request, timeout=timeout, idempotent=True)
+            except RnnServeError as failure:
+                await asyncio.sleep(self._session_call_wait(failure, attempt, started))
+                attempt += 1
+
     def stream(
         self,
         inputs: Iterable[InputLike] | AsyncIterable[InputLike],
@@ -117,6 +129,7 @@ class AsyncSession(SessionCore):
             self.session_id,
             self._model.vocabulary,
             on_step_count=self._track_step_count,
+            durable=self._replay.tracking,
         )
 
     def generate(
@@ -143,12 +156,8 @@ class AsyncSession(SessionCore):
 
     async def describe(self, *, timeout: float | None = None) -> SessionInfo:
         """Ask the server for the session's current description."""
-        response = await self._rpc.call(
-            "GetSession",
-            pb.GetSessionRequest(session_id=self.session_id),
-            timeout=timeout,
-            idempotent=True,
-        )
+        request = pb.GetSessionRequest(session_id=self.session_id)
+        response = await self._call("GetSession", request, timeout)
         return self._described(response.session)
 
     async def reset(self, *, timeout: float | None = None) -> SessionInfo:
@@ -160,12 +169,8 @@ class AsyncSession(SessionCore):
 
     async def snapshot(self, *, timeout: float | None = None) -> bytes:
         """Export the state as snapshot bytes (see :meth:`AsyncClient.restore`)."""
-        response = await self._rpc.call(
-            "ExportState",
-            pb.ExportStateRequest(session_id=self.session_id),
-            timeout=timeout,
-            idempotent=True,
-        )
+        request = pb.ExportStateRequest(session_id=self.session_id)
+        response = await self._call("ExportState", request, timeout)
         self._described(response.session)
         return bytes(response.snapshot)
 
@@ -177,7 +182,8 @@ class AsyncSession(SessionCore):
         # Already gone (expired, evicted or closed) means nothing is left to free.
         with contextlib.suppress(NotFound):
             request = pb.CloseSessionRequest(session_id=self.session_id)
-            await self._rpc.call("CloseSession", request, timeout=timeout)
+            # Idempotent in effect: a close that ran twice finds the session gone (NotFound).
+            await self._call("CloseSession", request, timeout)
 
     async def __aenter__(self) -> AsyncSession:
         return self
