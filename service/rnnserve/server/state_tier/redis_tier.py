@@ -57,7 +57,9 @@ class RedisStateTier:
       session over: this copy is dropped and the caller gets SessionMoved (retryable).
     - A session not in memory is loaded on its next call, once its owner's lease has lapsed (or
       was ours); the load takes the lease in the same atomic script.
-    - Leases of the sessions held are renewed every third of `owner_lease_s`.
+    - Every write renews its session's lease; sessions used within the last lease are renewed
+      every third of `owner_lease_s`; an idle session's lease lapses and is confirmed (or this
+      copy dropped as stale) before its next call uses it.
     - With `session_cache_size`, idle sessions whose state Redis already holds are dropped from
       memory least recently used first; their next call loads them again.
     """
@@ -189,7 +191,12 @@ class RedisStateTier:
         try:
             while self._pending:
                 group, self._pending = self._pending, {}
-                await self._write_group(list(group.values()))
+                try:
+                    await self._write_group(list(group.values()))
+                except Exception as err:  # a bug: fail these steps, never leave them waiting
+                    log.exception("state tier write failed")
+                    for _, future in group.values():
+                        _fail(future, err)
             self._trim()
         finally:
             self._writer = None
