@@ -102,6 +102,8 @@ class InferenceEngine(InferenceCore):
         if self.settings.snapshot_dir is not None:
             report = await self.persistence.restore(self.settings.snapshot_dir)
             kept = sum(report.kept.values())
+            if self.tier is not None:
+                await self.tier.adopt_restored()
         self._started = True
         log.info(
             "engine ready: %d models, %d sessions restored, %d kept aside",

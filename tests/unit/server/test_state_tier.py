@@ -169,3 +169,20 @@ def _redis_ms(server: RedisServer) -> int:
         return int(seconds) * 1000 + int(micros) // 1000
     finally:
         client.close()
+
+
+async def test_sessions_restored_from_snapshot_dir_get_their_records(
+    make_engine: EngineFactory, redis_db: RedisServer, tmp_path: Path
+) -> None:
+    first = await tiered(make_engine, redis_db, snapshot_dir=tmp_path / "snapshots")
+    session_id = (await first.create_session(GRU_LM, 0, ME)).session_id
+    await feed(first, session_id, tokens(1, 3))
+    await first.stop(0.5)  # saved to snapshot_dir (and written to Redis)
+    client = redis.Redis.from_url(redis_db.url)
+    try:
+        client.delete(f"rnnserve:s:{session_id}")  # a Redis that lost its data
+    finally:
+        client.close()
+    second = await tiered(make_engine, redis_db, snapshot_dir=tmp_path / "snapshots")
+    assert session_id in second.sessions  # restored from the snapshot file ...
+    assert int(stored(redis_db, session_id)[b"step"]) == 3  # ... and in Redis again

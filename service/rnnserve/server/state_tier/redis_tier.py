@@ -186,6 +186,26 @@ class RedisStateTier:
             self._sessions.drop(session)  # a session no replica could continue is no session
             raise
 
+    async def adopt_restored(self) -> None:
+        """Sessions restored from snapshot_dir at start: create their records (none: at stop).
+
+        A session Redis already has (another process continued it meanwhile) keeps Redis's
+        newer state: the create is refused, this copy dropped, and its next call loads it.
+        """
+        if self.durability == "none":
+            return
+        writes = [self.persist(s) for s in self._sessions.live() if s.written_step is None]
+        failed = 0
+        for outcome in await asyncio.gather(*writes, return_exceptions=True):
+            failed += isinstance(outcome, BaseException)
+        if writes:
+            log.info(
+                "state tier: %d restored sessions written, %d left to Redis's own copy or "
+                "unwritten",
+                len(writes) - failed,
+                failed,
+            )
+
     async def _write_pending(self) -> None:
         """Write the queued sessions, one group write at a time, until none is queued."""
         try:
