@@ -45,9 +45,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+REDIS_PID = 0  # the bench's redis-server, for its CPU time
+
+
 @contextmanager
 def redis_server(directory: Path) -> Iterator[str]:
     """redis-server with AOF (fsync every second) on a free port; yields its URL."""
+    global REDIS_PID
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed (make scale-deps)")
@@ -59,6 +63,7 @@ def redis_server(directory: Path) -> Iterator[str]:
         ],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
+    REDIS_PID = process.pid
     try:
         for _ in range(200):
             with socket.socket() as sock:
@@ -69,6 +74,12 @@ def redis_server(directory: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_bytes(pid: int) -> int:
@@ -95,16 +106,25 @@ def throughput(args: argparse.Namespace) -> None:
                 print(f"{name:12s} {results[name][-1]}", flush=True)
     memory = statistics.median(r["tok_s"] for r in results["memory"])
     print(f"\n{args.concurrency} streams x {args.steps} one-token messages, {args.model}")
-    print(f"{'mode':12s} {'tok/s (median)':>15s} {'x memory':>9s} {'p50 ms':>7s} {'p99 ms':>7s}")
+    print(
+        f"{'mode':12s} {'tok/s (median)':>15s} {'x memory':>9s} {'p50 ms':>7s} {'p99 ms':>7s} "
+        f"{'server CPU ms/1k tok':>21s} {'redis CPU ms/1k tok':>20s}"
+    )
     for name, runs in results.items():
         tok = statistics.median(r["tok_s"] for r in runs)
         p50 = statistics.median(r["p50_ms"] for r in runs)
         p99 = statistics.median(r["p99_ms"] for r in runs)
-        print(f"{name:12s} {tok:15.0f} {tok / memory:9.2f} {p50:7.2f} {p99:7.2f}")
+        cpu = statistics.median(r["server_cpu_ms_per_1k"] for r in runs)
+        rcpu = statistics.median(r["redis_cpu_ms_per_1k"] for r in runs)
+        print(
+            f"{name:12s} {tok:15.0f} {tok / memory:9.2f} {p50:7.2f} {p99:7.2f} {cpu:21.0f} "
+            f"{rcpu:20.0f}"
+        )
 
 
 def _load_run(tmp: Path, args: argparse.Namespace, settings: dict[str, str]) -> dict[str, float]:
     server, _ = start_rnnserve(tmp, ROOT / "models" / "repository", args.model, **settings)
+    redis_cpu = _cpu_seconds(REDIS_PID)
     try:
         out = tmp / "load.json"
         subprocess.run(
@@ -118,9 +138,15 @@ def _load_run(tmp: Path, args: argparse.Namespace, settings: dict[str, str]) -> 
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         report = json.loads(out.read_text())
+        server_cpu = server.cpu_seconds()
     finally:
         server.stop()
-    return _summary(report)
+    summary = _summary(report)
+    # CPU per 1,000 tokens (warm-up and start-up included: compare modes, not absolutes)
+    tokens = summary["tok_s"] * report["summary"]["duration_s"] / 1000
+    summary["server_cpu_ms_per_1k"] = 1000 * server_cpu / tokens
+    summary["redis_cpu_ms_per_1k"] = 1000 * (_cpu_seconds(REDIS_PID) - redis_cpu) / tokens
+    return summary
 
 
 def _summary(report: dict[str, Any]) -> dict[str, float]:
