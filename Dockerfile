@@ -9,7 +9,9 @@ ARG BASE_IMAGE=python:3.11-slim
 # edits elsewhere in pyproject.toml (dev tools, lint settings) keep it cached.
 FROM ${BASE_IMAGE} AS requirements
 COPY pyproject.toml scripts/container/image_requirements.py /tmp/
-RUN python3 /tmp/image_requirements.py --pyproject /tmp/pyproject.toml server \
+# server + redis: the redis client (pure Python) lets the image run as a replica on the shared
+# state tier (RNNSERVE_STATE_STORE=redis, docker-compose.yml's `scale` profile).
+RUN python3 /tmp/image_requirements.py --pyproject /tmp/pyproject.toml server redis \
       >/tmp/requirements.txt \
  && python3 /tmp/image_requirements.py --pyproject /tmp/pyproject.toml --build-system \
       >/tmp/build-requirements.txt

