@@ -2,7 +2,8 @@
 # Builds and runs the rnnserve image and the compose file on a real, private Docker engine and
 # checks them end to end (see ../shared/CONTAINER.md for why the engine and base are set up so).
 #
-#   bash scripts/container_test.sh               the whole check (what CI runs)
+#   bash scripts/container_test.sh               the whole check (what CI runs), the compose
+#                                                `scale` profile's failover check included
 #   bash scripts/container_test.sh --build-only  static checks + engine + image build, then stop
 #   bash scripts/container_test.sh --scale-only  static checks + engine + image build, then only
 #                                                the compose `scale` profile's failover check
@@ -189,11 +190,15 @@ scale_stages() {
   [ "$(docker exec "$PROJECT-redis-1" redis-cli config get appendonly | tail -1)" = "yes" ] \
     || ctr_die "Redis runs without appendonly"
 
-  step "scale: kill -9 of a replica through the proxy"
+  step "scale: kill -9 / stale replica through the proxy"
+  # {server} is HAProxy's name of the replica, which is its compose service.
   "$PY" tests/e2e/scale_check.py --target "127.0.0.1:$RNNSERVE_PUBLISH_PROXY" \
     --stats "http://127.0.0.1:$RNNSERVE_PUBLISH_PROXY_STATS/" --model "$MODEL" \
     --repository "$MODELS_DIR" --sessions 16 \
-    --kill-command "docker kill -s KILL $PROJECT-{server}-1"
+    --kill-command "docker kill -s KILL $PROJECT-{server}-1" \
+    --start-command "docker start $PROJECT-{server}-1" \
+    --pause-command "docker pause $PROJECT-{server}-1" \
+    --unpause-command "docker unpause $PROJECT-{server}-1"
 
   step "scale: compose --profile scale down -v"
   compose --profile scale down -v --remove-orphans
@@ -293,4 +298,6 @@ step "compose down -v"
 compose --profile loadtest down -v --remove-orphans
 [ -z "$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")" ] \
   || ctr_die "compose down left containers behind"
+
+scale_stages
 step ""
