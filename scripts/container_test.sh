@@ -176,7 +176,9 @@ scale_stages() {
       || { tail -40 "$CTR_WORK/build-$name.log" >&2; ctr_die "docker build $context failed"; }
   done
   docker run --rm --entrypoint redis-server "$REDIS_IMAGE" --version >&2
-  docker run --rm --entrypoint haproxy "$PROXY_IMAGE" -v | head -1 >&2
+  local version  # the first line only, read after the command ends (no pipe for it to break)
+  version="$(docker run --rm --entrypoint haproxy "$PROXY_IMAGE" -v)"
+  printf '%s\n' "${version%%$'\n'*}" >&2
 
   step "scale: compose --profile scale up --wait"
   export RNNSERVE_IMAGE="$IMAGE" RNNSERVE_MODELS_DIR="$MODELS_DIR" RNNSERVE_REDIS_IMAGE="$REDIS_IMAGE" \
