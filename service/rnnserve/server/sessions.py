@@ -21,6 +21,7 @@ from rnnserve.server.errors import (
     SessionNotFound,
 )
 from rnnserve.server.logs import short_id
+from rnnserve.server.snapshot import RecordEncoder
 from rnnserve.server.state_store import StateStore
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Session:
     written_step: int | None = None
     dirty: bool = False
     lease_until: float = 0.0  # monotonic time this process's lease on it is sure to last until
+    encoder: RecordEncoder | None = None  # its state-tier record's encoder (built on first use)
 
     @property
     def key(self) -> ModelKey:

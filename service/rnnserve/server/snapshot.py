@@ -113,6 +113,49 @@ def encode(snapshot: Snapshot, secret: bytes | None = None) -> bytes:
     return body
 
 
+class RecordEncoder:
+    """Encodes snapshots of one session fast, byte for byte what `encode` makes.
+
+    Everything in a session's header but its step count is fixed for its life, so the header's
+    JSON is made once, split around the step count, and each encoding only joins bytes: the
+    state tier encodes every session of every batch.
+    """
+
+    _MARK = b',"step_count":0,'
+
+    def __init__(self, template: Snapshot, secret: bytes | None) -> None:
+        header = encode(
+            Snapshot(**{**template.__dict__, "step_count": 0}), None
+        )  # a whole snapshot, of which only the header is kept
+        _, _, _, header_len = _PREFIX.unpack_from(header)
+        raw = header[_PREFIX.size : _PREFIX.size + header_len]
+        # Keys are sorted and every string value is escaped, so the mark occurs exactly once.
+        before, mark, after = raw.partition(self._MARK)
+        if not mark:
+            raise ValueError("snapshot header without a step count")
+        self._before = before + b',"step_count":'
+        self._after = b"," + after
+        self._secret = secret
+        self._flags = FLAG_HMAC if secret is not None else 0
+        # the header lists a last output or not: a session that gains one needs a new encoder
+        self.has_last_output = template.last_output is not None
+
+    def encode(
+        self, step_count: int, states: Iterable[FloatArray], last_output: FloatArray | None
+    ) -> bytes:
+        """The session's snapshot at `step_count` with these states (views are fine)."""
+        header = b"%s%d%s" % (self._before, step_count, self._after)
+        parts = [_PREFIX.pack(MAGIC, FORMAT_VERSION, self._flags, len(header)), header]
+        parts += [np.asarray(state, dtype="<f4").tobytes() for state in states]
+        if last_output is not None:
+            parts.append(np.asarray(last_output, dtype="<f4").tobytes())
+        body = b"".join(parts)
+        body += hashlib.sha256(body).digest()
+        if self._secret is not None:
+            body += hmac.new(self._secret, body, hashlib.sha256).digest()
+        return body
+
+
 def decode(data: bytes, secret: bytes | None = None) -> Snapshot:
     """Parse and verify a snapshot; InvalidSnapshot says what is wrong with it (and its `reason`).
 

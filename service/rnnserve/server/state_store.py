@@ -192,6 +192,14 @@ class StateStore:
         ]
         return SlotState(states, self.read_last_output(slot), self.step_count(slot))
 
+    def views(self, slot: int) -> tuple[list[FloatArray], FloatArray | None]:
+        """One slot's states and last output as views (no copies): read them before the next
+        commit or write touches the slot."""
+        states = [
+            array[_key(spec, slot)] for spec, array in zip(self.specs, self._arrays, strict=True)
+        ]
+        return states, (self._last[slot] if self._has_last[slot] else None)
+
     def write(self, slot: int, state: SlotState) -> None:
         """Set one slot's whole state (states without the batch axis)."""
         for spec, array, value in zip(self.specs, self._arrays, state.states, strict=True):

@@ -186,3 +186,20 @@ async def test_sessions_restored_from_snapshot_dir_get_their_records(
     second = await tiered(make_engine, redis_db, snapshot_dir=tmp_path / "snapshots")
     assert session_id in second.sessions  # restored from the snapshot file ...
     assert int(stored(redis_db, session_id)[b"step"]) == 3  # ... and in Redis again
+
+
+@pytest.mark.parametrize("secret", [None, "a signing secret"])
+async def test_the_fast_record_encoding_is_the_snapshot_byte_for_byte(
+    make_engine: EngineFactory, secret: str | None
+) -> None:
+    engine = await make_engine(snapshot_secret=secret)
+    session_id = (await engine.create_session(GRU_LM, 0, ME)).session_id
+    session = engine.sessions.get(session_id, ME)
+    for seed, length in ((1, 3), (2, 1), (3, 17)):  # the step count changes the header's length
+        assert engine.persistence.export_record(session) == engine.persistence.export(
+            session, with_identity=True
+        )
+        await feed(engine, session_id, tokens(seed, length))
+    assert engine.persistence.export_record(session) == engine.persistence.export(
+        session, with_identity=True
+    )

@@ -94,6 +94,7 @@ class RedisStateTier:
         self._deleting: dict[str, asyncio.Task[None]] = {}
         self._maintainer: asyncio.Task[None] | None = None
         self._unavailable = False  # logged once per outage, not once per step
+        self._closing = False
 
     # Lifecycle.
 
@@ -127,6 +128,7 @@ class RedisStateTier:
 
         A survivor may then load any of them at once instead of waiting for a lease to run out.
         """
+        self._closing = True
         if self._maintainer is not None:
             self._maintainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -229,7 +231,7 @@ class RedisStateTier:
                 _resolve(future)
                 continue
             # Encoded now, on the loop thread: state and step count are one consistent picture.
-            blob = self._persistence.export(session, with_identity=True)
+            blob = self._persistence.export_record(session)
             step = session.step_count
             expected = "new" if session.written_step is None else str(session.written_step)
             values += [expected, step, blob, session.identity]
@@ -452,8 +454,12 @@ class RedisStateTier:
 
     async def _maintain(self) -> None:
         """Renew the leases of active sessions, retry failed writes, evict, report the lag."""
-        while True:
+        # A flag, not only the cancellation: redis-py can turn a cancellation that lands inside a
+        # command into a connection error, which the loop would survive.
+        while not self._closing:
             await asyncio.sleep(self._renew_every_s)
+            if self._closing:
+                return
             try:
                 await self._renew()
                 unwritten, self._unwritten = self._unwritten, {}
