@@ -122,7 +122,9 @@ class _ControlActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Control
     CONTROL_ACTION_SNAPSHOT: _ControlAction.ValueType  # 2
     """Reply with a snapshot of the state."""
     CONTROL_ACTION_CLOSE: _ControlAction.ValueType  # 3
-    """Close the session; the server then ends the stream."""
+    """Close the session. The server replies, then ends the stream once the client half-closes
+    (at most 5 s later); half-close with it. Messages after CLOSE get no reply.
+    """
 
 class ControlAction(_ControlAction, metaclass=_ControlActionEnumTypeWrapper):
     """A control action on the stream's session."""
@@ -133,7 +135,9 @@ CONTROL_ACTION_RESET: ControlAction.ValueType  # 1
 CONTROL_ACTION_SNAPSHOT: ControlAction.ValueType  # 2
 """Reply with a snapshot of the state."""
 CONTROL_ACTION_CLOSE: ControlAction.ValueType  # 3
-"""Close the session; the server then ends the stream."""
+"""Close the session. The server replies, then ends the stream once the client half-closes
+(at most 5 s later); half-close with it. Messages after CLOSE get no reply.
+"""
 Global___ControlAction: _TypeAlias = ControlAction  # noqa: Y015
 
 class _FinishReason:
