@@ -16,65 +16,20 @@ The load generator runs in this process, on the same cores as the workers and th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rnnserve.client.load import LoadConfig, run_load
-from servers import ServerProcess, free_port, start_rnnserve
+from servers import start_rnnserve
 
 ROOT = Path(__file__).resolve().parent.parent
-HAPROXY_CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
-
-
-@dataclass
-class Proxy:
-    """One HAProxy process and the port it listens on."""
-
-    process: subprocess.Popen[bytes]
-    target: str
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
-def start_haproxy(backends: tuple[str, str], log: Path) -> Proxy:
-    """HAProxy with the repository's config in front of `backends`; waits for both to be UP."""
-    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    port, stats = free_port(), free_port()
-    env = {
-        **os.environ,
-        "RNNSERVE_PROXY_BIND": f"127.0.0.1:{port}",
-        "RNNSERVE_PROXY_STATS": f"127.0.0.1:{stats}",
-        "RNNSERVE_WORKER1": backends[0],
-        "RNNSERVE_WORKER2": backends[1],
-    }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [binary, "-f", str(HAPROXY_CONFIG), "-db"], env=env, stdout=out, stderr=out
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{stats}/;csv", timeout=2) as page:
-                states = [line.split(",")[17] for line in page.read().decode().splitlines()[1:]]
-            if states.count("UP") >= 3:  # both servers and the backend
-                return Proxy(process, f"127.0.0.1:{port}")
-        except OSError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"haproxy's backends never came up: see {log}")
+sys.path.insert(0, str(ROOT / "tests"))
+from scale_servers import haproxy_server  # noqa: E402  (the tests' HAProxy, one way to start it)
 
 
 def measure(target: str, concurrency: int, duration_s: float, model: str) -> dict[str, Any]:
@@ -116,8 +71,7 @@ def main() -> int:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="proxy-hop-"))
-    started: list[ServerProcess | Proxy] = []
-    try:
+    with contextlib.ExitStack() as started:
         workers = []
         for index in range(2):
             logs = workdir / f"worker{index}"
@@ -125,13 +79,14 @@ def main() -> int:
             process, _ = start_rnnserve(
                 logs, args.repository, args.model, snapshot_dir=str(logs / "snapshots")
             )
-            started.append(process)
+            started.callback(process.stop)
             workers.append(process.target)
-        hop = start_haproxy((workers[0], workers[0]), workdir / "haproxy-hop.log")
-        started.append(hop)
-        spread = start_haproxy((workers[0], workers[1]), workdir / "haproxy-spread.log")
-        started.append(spread)
-        targets = {"direct": workers[0], "hop": hop.target, "spread": spread.target}
+        for name in ("hop", "spread"):
+            (workdir / name).mkdir()
+        # The hop alone: both of the proxy's backends are worker 1.
+        hop = started.enter_context(haproxy_server([workers[0], workers[0]], workdir / "hop"))
+        spread = started.enter_context(haproxy_server(workers, workdir / "spread"))
+        targets = {"direct": workers[0], "hop": hop.address, "spread": spread.address}
 
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in VARIANTS}
         for round_ in range(args.rounds):
@@ -139,9 +94,6 @@ def main() -> int:
                 result = measure(targets[where], concurrency, args.duration, args.model)
                 runs[name].append(result)
                 print(f"round {round_ + 1} {name}: {result}", file=sys.stderr)
-    finally:
-        for item in reversed(started):
-            item.stop()
 
     medians = {
         name: {
