@@ -15,10 +15,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from redis_helpers import first_output, serve_process, step_retrying
+from redis_helpers import first_output, step_retrying
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc
-from scale_servers import RedisServer, redis_server
+from scale_servers import RedisServer, redis_server, rnnserve_workers
 from server_helpers import Running, expect_error, identity, open_session, step, tokens
 from tiny_models import GRU_LM
 
@@ -56,6 +56,7 @@ async def test_kill_9_loses_nothing_the_client_cannot_replay(
     durability: str,
     serve: Callable[..., Awaitable[Running]],
     redis_db: RedisServer,
+    tmp_path: Path,
     tiny_repository: Path,
 ) -> None:
     reference = await serve()
@@ -70,7 +71,8 @@ async def test_kill_9_loses_nothing_the_client_cannot_replay(
     expected = [first_output(await step(reference.stub, twin, tokens(ids))) for ids in INPUTS]
     counts = np.cumsum([len(ids) for ids in INPUTS]).tolist()
 
-    with serve_process(tiny_repository, *flags(redis_db, durability, "a")) as replica_a:
+    replica_flags = flags(redis_db, durability, "a")
+    with rnnserve_workers(1, tiny_repository, tmp_path, *replica_flags) as (replica_a,):
         async with grpc.aio.insecure_channel(replica_a.address) as channel:
             stub_a = rnnserve_pb2_grpc.InferenceServiceStub(channel)
             session = await open_session(stub_a, GRU_LM)
@@ -111,7 +113,10 @@ async def test_kill_9_loses_nothing_the_client_cannot_replay(
 
 
 async def test_a_stale_replica_cannot_overwrite_newer_state(
-    serve: Callable[..., Awaitable[Running]], redis_db: RedisServer, tiny_repository: Path
+    serve: Callable[..., Awaitable[Running]],
+    redis_db: RedisServer,
+    tiny_repository: Path,
+    tmp_path: Path,
 ) -> None:
     reference = await serve()
     replica_b = await serve(
@@ -121,7 +126,8 @@ async def test_a_stale_replica_cannot_overwrite_newer_state(
     expected = [first_output(await step(reference.stub, twin, tokens(ids))) for ids in INPUTS]
     counts = np.cumsum([len(ids) for ids in INPUTS]).tolist()
 
-    with serve_process(tiny_repository, *flags(redis_db, "sync", "a")) as replica_a:
+    replica_flags = flags(redis_db, "sync", "a")
+    with rnnserve_workers(1, tiny_repository, tmp_path, *replica_flags) as (replica_a,):
         async with grpc.aio.insecure_channel(replica_a.address) as channel:
             stub_a = rnnserve_pb2_grpc.InferenceServiceStub(channel)
             session = await open_session(stub_a, GRU_LM)
