@@ -35,7 +35,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 # The scale-out tests' helpers: free ports, waiting for a port, HAProxy's stats page.
-from scale_servers import HAPROXY_CONFIG, HAProxy, free_port, wait_for_port  # noqa: E402
+from scale_servers import (  # noqa: E402
+    HAPROXY_CONFIG,
+    HAProxy,
+    free_port,
+    stop_process,
+    wait_for_port,
+)
 
 GOAL = 0.8
 """The issue's goal: efficiency >= 0.8 up to W = 4."""
@@ -46,16 +52,6 @@ def _pinned(cores: set[int] | None) -> Callable[[], None] | None:
     if cores is None:
         return None
     return lambda: os.sched_setaffinity(0, cores)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @dataclass
@@ -117,7 +113,7 @@ def start_haproxy(addresses: list[str], workdir: Path, cores: set[int] | None) -
         # HAProxy's gRPC health check passes only once a worker answers SERVING.
         proxy.wait_for_states({name: "UP" for name in names}, timeout=90)
     except BaseException:
-        _stop(process)
+        stop_process(process)
         raise
     return proxy
 
@@ -153,7 +149,7 @@ def start_workers(
             wait_for_port(int(address.rsplit(":", 1)[1]), process, timeout_s=60)
     except BaseException:
         for process in processes:
-            _stop(process)
+            stop_process(process)
         raise
     return processes, addresses
 
@@ -197,10 +193,10 @@ def one_round(
             concurrency = args.concurrency_per_worker * count
             summary = run_load(proxy.address, concurrency, args, workdir / "load.json", plan.load)
         finally:
-            _stop(proxy.process)
+            stop_process(proxy.process)
     finally:
         for process in processes:
-            _stop(process)
+            stop_process(process)
     codes = summary.get("codes", {})
     return {
         "tokens_per_s": float(summary["steps_per_s"]),

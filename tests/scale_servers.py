@@ -76,7 +76,8 @@ def _wait_until(
         time.sleep(0.1)
 
 
-def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop a process we started, by its pid: `sig`, then SIGKILL after 15 s."""
     if process.poll() is None:
         process.send_signal(sig)
         try:
@@ -99,7 +100,7 @@ class Worker:
 
     def kill(self) -> None:
         """kill -9: the process dies with whatever it held."""
-        _stop(self.process, signal.SIGKILL)
+        stop_process(self.process, signal.SIGKILL)
 
 
 def _serving(port: int) -> bool:
@@ -139,7 +140,7 @@ def rnnserve_workers(
         yield workers
     finally:
         for worker in workers:
-            _stop(worker.process)
+            stop_process(worker.process)
 
 
 @dataclass
@@ -216,7 +217,7 @@ def haproxy_server(
             proxy.wait_for_states({"worker1": "UP", "worker2": "UP"})
         yield proxy
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @dataclass
@@ -256,7 +257,7 @@ class RedisServer:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop it by its pid (SIGKILL: a crash) and wait for it to exit."""
         if self.process is not None:
-            _stop(self.process, sig)
+            stop_process(self.process, sig)
 
 
 def _accepts(port: int) -> bool:
