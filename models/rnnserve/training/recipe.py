@@ -9,7 +9,7 @@ from typing import Any
 
 from rnnserve.server.manifest import ModelManifest
 from rnnserve.training.config import RunConfig
-from rnnserve.training.model import NetworkSpec, RecurrentNet
+from rnnserve.training.model import NetworkSpec, RecurrentNet, set_forget_gate_bias
 from rnnserve.training.trainer import Task
 from torch import nn
 
@@ -64,6 +64,13 @@ def build_recipe(config: RunConfig) -> Recipe:
     return build(config)
 
 
-def build_network(spec: NetworkSpec) -> RecurrentNet:
-    """The network for a spec (one place, so checkpoints and recipes agree)."""
-    return RecurrentNet(spec)
+def build_network(spec: NetworkSpec, forget_bias: float | None = None) -> RecurrentNet:
+    """The network for a spec (one place, so checkpoints and recipes agree).
+
+    `forget_bias` (a config's optional `network.forget_bias`, LSTMs only) sets the forget gate's
+    initial bias; None keeps PyTorch's initialisation untouched.
+    """
+    network = RecurrentNet(spec)
+    if forget_bias is not None:
+        set_forget_gate_bias(network, forget_bias)
+    return network

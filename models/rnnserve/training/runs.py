@@ -107,7 +107,7 @@ def run_config(
     torch.set_num_threads(config.training.threads)
     torch.manual_seed(config.training.seed)
     recipe = build_recipe(config)
-    model = build_network(recipe.spec)
+    model = build_network(recipe.spec, forget_bias=config.network.get("forget_bias"))
     result = train(
         model,
         recipe.task,
