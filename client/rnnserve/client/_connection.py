@@ -92,7 +92,7 @@ class SessionStream(SessionStreamCore):
                     self._send(replay)
                 return self._send(request)
             except RnnServeError as failure:
-                time.sleep(failover_wait(failure, attempt, started))
+                time.sleep(self._reconnect_wait(failure, request, attempt, started))
                 attempt += 1
 
     def _send(self, request: pb.StreamRequest) -> pb.StreamResponse:

@@ -110,6 +110,23 @@ class ReplayLog:
         return plan
 
 
+def unanswered(failure: RnnServeError, resent_ahead: bool) -> RnnServeError:
+    """What the failure of a message sent again means. `resent_ahead`: it was sent again to a
+    server one message ahead (the message ran and its reply was lost with its process), for the
+    server to answer from the reply it keeps; a refusal then means that reply is gone too."""
+    if (
+        resent_ahead
+        and failure.code == grpc.StatusCode.ABORTED
+        and failure.field == "expected_step_count"
+    ):
+        return DataLoss(
+            f"a step ran whose reply was lost, and the server could not answer it again "
+            f"({failure.message})",
+            field="expected_step_count",
+        )
+    return failure
+
+
 def failover_wait(failure: RnnServeError, attempt: int, started: float) -> float:
     """Seconds to wait before trying a failed-over step again (attempt 0, 1, ...: 0.1 s doubling
     to 1 s); raises `failure` when it does not say the move is still in progress (UNAVAILABLE)

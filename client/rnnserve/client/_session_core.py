@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from rnnserve.client._codec import decode_result, decode_session
 from rnnserve.client._errors import RnnServeError
-from rnnserve.client._replay import REPLAY_OUTPUT, ReplayLog, failover_wait
+from rnnserve.client._replay import REPLAY_OUTPUT, ReplayLog, failover_wait, unanswered
 from rnnserve.client._requests import aim_generation, step_request
 from rnnserve.client._types import (
     GeneratedToken,
@@ -45,6 +45,7 @@ class SessionCore:
         # The inputs after the durable step count, for a failover (a shared state tier only).
         self._replay = ReplayLog()
         self._replay.tracking = info.durable_step_count is not None
+        self._resent_ahead = False  # the step being recovered ran, and its reply was lost
 
     @property
     def session_id(self) -> str:
@@ -121,7 +122,7 @@ class SessionCore:
         """Seconds to wait before trying a failed-over step again (see `failover_wait`); marks
         the step count uncertain when it gives up."""
         try:
-            return failover_wait(failure, attempt, started)
+            return failover_wait(unanswered(failure, self._resent_ahead), attempt, started)
         except RnnServeError:
             self._step_count = None
             raise
@@ -133,8 +134,14 @@ class SessionCore:
         `request` expects it; raises `error` when the server refused the step for being ahead
         (another client stepped the session), and DataLoss when it is ahead after a lost reply
         or behind by inputs that are not kept."""
-        if server_step_count > request.expected_step_count and error.code != UNAVAILABLE:
-            raise error
+        self._resent_ahead = False
+        if server_step_count > request.expected_step_count:
+            if error.code != UNAVAILABLE:
+                raise error
+            # The step ran and its reply was lost with the process: sent again, the server
+            # answers it from the reply it keeps with the state (or DataLoss, `_failover_wait`).
+            self._resent_ahead = True
+            return []
         plan = self._replay.plan(server_step_count, request.expected_step_count)
         return [
             pb.StepRequest(

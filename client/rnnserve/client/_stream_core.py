@@ -14,7 +14,7 @@ from rnnserve.client._codec import (
     encode_options,
 )
 from rnnserve.client._errors import InvalidArgument, RnnServeError, from_stream_error
-from rnnserve.client._replay import REPLAY_OUTPUT, ReplayLog
+from rnnserve.client._replay import REPLAY_OUTPUT, ReplayLog, failover_wait, unanswered
 from rnnserve.client._requests import stream_open_request, stream_step_request
 from rnnserve.client._types import (
     FinishReason,
@@ -220,6 +220,15 @@ class SessionStreamCore:
         opening a new call on the same session (only while the server reports durability)."""
         return self._replay.tracking and error.code in _CONNECTION_LOST
 
+    @staticmethod
+    def _reconnect_wait(
+        failure: RnnServeError, request: pb.StreamRequest, attempt: int, started: float
+    ) -> float:
+        """Seconds to wait before reconnecting again (see `failover_wait`); raises the failure
+        when it is final (DataLoss when `request` was a lost reply the server could not give)."""
+        resent_ahead = request.HasField("expected_step_count")
+        return failover_wait(unanswered(failure, resent_ahead), attempt, started)
+
     def _resume_requests(
         self, opened: pb.StreamResponse, request: pb.StreamRequest
     ) -> list[pb.StreamRequest]:
@@ -232,6 +241,11 @@ class SessionStreamCore:
         """
         server_step_count = decode_session(checked(opened).session).step_count
         if request.control == pb.CONTROL_ACTION_RESET or self._step_count is None:
+            return []
+        if server_step_count > self._step_count and request.WhichOneof("kind") == "step":
+            # `request` ran and its reply was lost with the process: sent again guarded by the
+            # step count it was sent at, the server answers it from the reply it keeps.
+            request.expected_step_count = self._step_count
             return []
         plan = self._replay.plan(server_step_count, self._step_count)
         return [pb.StreamRequest(step=item.step, output=REPLAY_OUTPUT) for item in plan]

@@ -576,10 +576,15 @@ class StreamRequest(_message.Message):
     STEP_FIELD_NUMBER: _builtins.int
     CONTROL_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    EXPECTED_STEP_COUNT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Echoed in the reply, so a client can match replies to requests."""
     control: Global___ControlAction.ValueType
     """A control action."""
+    expected_step_count: _builtins.int
+    """For a step: as StepRequest.expected_step_count (a step carrying it runs alone, never joined
+    with the messages around it).
+    """
     @_builtins.property
     def open(self) -> Global___OpenSession:
         """Open or resume the session (first message only)."""
@@ -600,13 +605,19 @@ class StreamRequest(_message.Message):
         step: Global___StepInput | None = ...,
         control: Global___ControlAction.ValueType = ...,
         output: Global___OutputOptions | None = ...,
+        expected_step_count: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["control", b"control", "kind", b"kind", "open", b"open", "output", b"output", "step", b"step"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_step_count", b"_expected_step_count", "control", b"control", "expected_step_count", b"expected_step_count", "kind", b"kind", "open", b"open", "output", b"output", "step", b"step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["control", b"control", "kind", b"kind", "open", b"open", "output", b"output", "request_id", b"request_id", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_step_count", b"_expected_step_count", "control", b"control", "expected_step_count", b"expected_step_count", "kind", b"kind", "open", b"open", "output", b"output", "request_id", b"request_id", "step", b"step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_step_count: _TypeAlias = _typing.Literal["expected_step_count"]  # noqa: Y015
+    _WhichOneofArgType__expected_step_count: _TypeAlias = _typing.Literal["_expected_step_count", b"_expected_step_count"]  # noqa: Y015
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["open", "step", "control"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_step_count) -> _WhichOneofReturnType__expected_step_count | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___StreamRequest: _TypeAlias = StreamRequest  # noqa: Y015
@@ -867,7 +878,10 @@ class StepRequest(_message.Message):
     """The session to advance."""
     expected_step_count: _builtins.int
     """If set, the step runs only when the session's step count equals this value; otherwise
-    ABORTED. Guards against out-of-order or duplicated steps from retrying clients.
+    ABORTED. Guards against out-of-order or duplicated steps from retrying clients. With a
+    shared state tier, a message that already ran (the session is one message past this count,
+    and its last message had this input) but whose reply was lost is answered again from the
+    reply kept with the state, and not run twice.
     """
     @_builtins.property
     def input(self) -> Global___StepInput:

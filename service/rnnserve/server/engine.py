@@ -291,17 +291,18 @@ class InferenceEngine(InferenceCore):
         """
         with self._work():
             await self._hold(session_id, identity)
+            session = self.sessions.get(session_id, identity)
+            if expected_step_count is not None and expected_step_count != session.step_count:
+                again = await self._answer_again(
+                    session, expected_step_count, data, options, input_field
+                )
+                if again is not None:
+                    return again
             session = self.sessions.acquire(session_id, identity, expected_step_count)
             try:
                 served = self.registry.served(session.key)
-                check_options(options)
-                try:
-                    inputs = await offload.run_sized(
-                        offload.is_long_text(data), served.validate, data
-                    )
-                except InvalidInput as err:
-                    raise err.with_field_prefix(input_field) from None
-                raw = await served.run(inputs, session.slot, deadline)
+                inputs = await self._validated(served, data, options, input_field)
+                raw = await served.run(inputs, session.slot, deadline, keep=options.steps)
                 return StepOutcome(
                     outputs=build_outputs(served.manifest.outputs, raw, options),
                     steps=int(inputs.shape[0]),
@@ -310,6 +311,42 @@ class InferenceEngine(InferenceCore):
                 )
             finally:
                 self.sessions.release(session)
+
+    @staticmethod
+    async def _validated(
+        served: ServedModel, data: InputData, options: OutputOptions, input_field: str
+    ) -> ModelInput:
+        """One message's options and input checked against the model."""
+        check_options(options)
+        try:
+            return await offload.run_sized(offload.is_long_text(data), served.validate, data)
+        except InvalidInput as err:
+            raise err.with_field_prefix(input_field) from None
+
+    async def _answer_again(
+        self,
+        session: Session,
+        expected_step_count: int,
+        data: InputData,
+        options: OutputOptions,
+        input_field: str,
+    ) -> StepOutcome | None:
+        """With a shared state tier: the reply to a message that already ran (the session is
+        one message past `expected_step_count`, and it was this input) but whose reply was lost,
+        from the reply kept with the state; None when that is not the case."""
+        if self.tier is None or session.busy or session.last_reply is None:
+            return None
+        served = self.registry.served(session.key)
+        inputs = await self._validated(served, data, options, input_field)
+        rows = self.tier.kept_reply(session, expected_step_count, inputs, options.steps)
+        if rows is None:
+            return None
+        return StepOutcome(
+            outputs=build_outputs(served.manifest.outputs, rows, options),
+            steps=int(inputs.shape[0]),
+            step_count=session.step_count,
+            durable_step_count=session.written_step,
+        )
 
     async def step_many(
         self,
@@ -366,8 +403,10 @@ class InferenceEngine(InferenceCore):
         if not run:
             return
         inputs = np.concatenate([x for _, x in run]) if len(run) > 1 else run[0][1]
+        # a lone message's reply is kept for a retry (a message of a joined call is not one)
+        keep = messages[run[0][0]][1].steps if len(run) == 1 else None
         try:
-            raw = await served.run(inputs, session.slot, deadline)
+            raw = await served.run(inputs, session.slot, deadline, keep=keep)
         except RnnServeError as err:
             for index, _ in run:
                 results[index] = err

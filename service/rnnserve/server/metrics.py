@@ -95,3 +95,8 @@ TIER_EVICTIONS = Counter(
     "rnnserve_state_tier_evictions_total",
     "Idle sessions dropped from memory to the state tier (session_cache_size).",
 )
+TIER_REPLIES_AGAIN = Counter(
+    "rnnserve_state_tier_replies_again_total",
+    "Retried messages answered from the session's kept last reply (the step had run and its "
+    "reply was lost, e.g. with the process that ran it); the step was not run again.",
+)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from rnnserve.server.domain import FloatArray, InputData, ModelDescription
+from rnnserve.server.domain import FloatArray, InputData, ModelDescription, OutputSteps
 from rnnserve.server.errors import (
     DeadlineExceeded,
     ModelNotFound,
@@ -25,6 +25,16 @@ from rnnserve.server.settings import Settings
 from rnnserve.server.state_store import StateStore
 
 
+@dataclass(frozen=True)
+class CommittedStep:
+    """A session's message as committed: its input and the output rows its reply was built from
+    (one per step, or the last step's only), for a state tier that keeps the last reply."""
+
+    inputs: ModelInput
+    rows: list[FloatArray]  # outputs in manifest order, [steps or 1, ...]
+    steps: OutputSteps
+
+
 @dataclass
 class ServedModel:
     """One loaded model version with its state store, scheduler and text codec."""
@@ -34,9 +44,12 @@ class ServedModel:
     scheduler: BatchScheduler
     codec: TextCodec | None
     max_steps_per_message: int
-    # Told of every committed session step (model key, slot): a shared state tier writes it; an
-    # awaitable it returns (sync durability) is awaited before the step's result is returned.
-    after_step: Callable[[ModelKey, int], Awaitable[None] | None] | None = None
+    # Told of every committed session step (model key, slot, and the message when the caller
+    # asked to keep its reply): a shared state tier writes it; an awaitable it returns (sync
+    # durability) is awaited before the step's result is returned.
+    after_step: Callable[[ModelKey, int, CommittedStep | None], Awaitable[None] | None] | None = (
+        None
+    )
 
     @property
     def manifest(self) -> ModelManifest:
@@ -52,13 +65,20 @@ class ServedModel:
         return validate_input(self.manifest, data, self.max_steps_per_message, self.codec)
 
     async def run(
-        self, inputs: ModelInput, slot: int | None, deadline: float | None = None
+        self,
+        inputs: ModelInput,
+        slot: int | None,
+        deadline: float | None = None,
+        *,
+        keep: OutputSteps | None = None,
     ) -> list[FloatArray]:
         """Run one message through the scheduler: the outputs [steps, ...] in manifest order.
 
         With a session's `slot`, the store commits the step when its result is delivered; if the
         caller is cancelled after that, the commit is rolled back, so the state only ever moves
-        with a result the caller received.
+        with a result the caller received. `keep`: the rows of the reply (all steps, or the last)
+        that a state tier keeps with the state, to answer a retry of this message whose reply
+        was lost.
         """
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded(
@@ -72,7 +92,11 @@ class ServedModel:
             self.scheduler.abandon(request)
             raise
         if slot is not None and self.after_step is not None:
-            durable = self.after_step((self.manifest.name, self.model.version), slot)
+            committed = None
+            if keep is not None:
+                kept = rows if keep is OutputSteps.ALL else [row[-1:] for row in rows]
+                committed = CommittedStep(inputs, kept, keep)
+            durable = self.after_step((self.manifest.name, self.model.version), slot, committed)
             if durable is not None:
                 try:
                     await durable

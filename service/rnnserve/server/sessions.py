@@ -76,6 +76,9 @@ class Session:
     dirty: bool = False
     lease_until: float = 0.0  # monotonic time this process's lease on it is sure to last until
     encoder: RecordEncoder | None = None  # its state-tier record's encoder (built on first use)
+    # With a shared state tier: the reply to the session's last message, kept with its state
+    # (state_tier/replies.py), so a retry whose reply was lost is answered again.
+    last_reply: bytes | None = None
 
     @property
     def key(self) -> ModelKey:

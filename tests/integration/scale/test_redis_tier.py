@@ -165,3 +165,71 @@ async def test_evicted_sessions_reload_and_equal_their_twins(
     # 5 sessions in a cache of 2: at least 3 of them reloaded from Redis in every round
     loads = (REGISTRY.get_sample_value("rnnserve_state_tier_loads_total") or 0.0) - loads_before
     assert loads >= 3 * len(INPUTS[:3])
+
+
+async def test_a_step_whose_reply_was_lost_is_answered_again_not_run_twice(
+    serve: Callable[..., Awaitable[Running]], redis_aof: RedisServer
+) -> None:
+    """The client never saw the reply of its last message (the process that ran it died after
+    Redis had the step): it sends the message again at the step count it was sent at, and the
+    process holding the session now answers it from the reply kept with the state — the same
+    outputs, the step not applied twice — here and on another process that loads the record."""
+    first = await serve(**tier(redis_aof, durability="sync", instance_id="first"))
+    reference = await serve()
+    session = await open_session(first.stub, GRU_LM)
+    twin = await open_session(reference.stub, GRU_LM)
+    for ids in INPUTS[:3]:
+        answered = await step(first.stub, session, tokens(ids))
+        await step(reference.stub, twin, tokens(ids))
+    start = answered.step_count - len(INPUTS[2])
+
+    again = await step(first.stub, session, tokens(INPUTS[2]), expected_step_count=start)
+    assert again == answered  # outputs, step count, durable step count: the reply, whole
+    assert int(record(redis_aof, session)[b"step"]) == answered.step_count
+    last_only = await step(
+        first.stub,
+        session,
+        tokens(INPUTS[2]),
+        expected_step_count=start,
+        output=pb.OutputOptions(steps=pb.OUTPUT_STEPS_LAST),
+    )
+    np.testing.assert_array_equal(first_output(last_only), first_output(answered)[-1:])
+    # Another message at that step count is out of order, as ever; so is an older step count.
+    for ids, expected in ((INPUTS[3], start), (INPUTS[1], start - len(INPUTS[1]))):
+        error = await expect_error(
+            step(first.stub, session, tokens(ids), expected_step_count=expected)
+        )
+        assert error.code() == grpc.StatusCode.ABORTED
+        assert "expected_step_count" in (error.details() or "")
+
+    await first.server.stop(1.0)  # the record stays in Redis, with the kept reply
+    second = await serve(**tier(redis_aof, durability="sync", instance_id="second"))
+    again = await step(second.stub, session, tokens(INPUTS[2]), expected_step_count=start)
+    np.testing.assert_array_equal(first_output(again), first_output(answered))
+    assert again.step_count == answered.step_count
+    mine = await step(second.stub, session, tokens(INPUTS[3]))
+    theirs = await step(reference.stub, twin, tokens(INPUTS[3]))
+    np.testing.assert_array_equal(first_output(mine), first_output(theirs))
+    assert mine.step_count == theirs.step_count
+
+
+async def test_a_kept_reply_that_fails_its_check_is_never_answered(
+    serve: Callable[..., Awaitable[Running]], redis_aof: RedisServer
+) -> None:
+    first = await serve(**tier(redis_aof, durability="sync", instance_id="first"))
+    session = await open_session(first.stub, GRU_LM)
+    answered = await step(first.stub, session, tokens([1, 2]))
+    await first.server.stop(1.0)
+    client = redis.Redis.from_url(redis_aof.url)
+    try:
+        key = f"rnnserve:s:{session}"
+        kept = bytearray(client.hget(key, "reply"))
+        kept[len(kept) // 2] ^= 0xFF  # one flipped byte among the kept outputs
+        client.hset(key, "reply", bytes(kept))
+    finally:
+        client.close()
+    second = await serve(**tier(redis_aof, durability="sync", instance_id="second"))
+    error = await expect_error(step(second.stub, session, tokens([1, 2]), expected_step_count=0))
+    assert error.code() == grpc.StatusCode.ABORTED  # refused as out of order: no made-up reply
+    result = await step(second.stub, session, tokens([3]))
+    assert result.step_count == answered.step_count + 1  # the session itself is unharmed

@@ -26,6 +26,7 @@ class TierSession:
     inputs: list[int] = field(default_factory=list)  # every token applied, in order
     durable: int = 0
     messages: int = 0
+    last: tuple[int, list[int], pb.StepResponse] | None = None  # the last message and its reply
 
 
 class StateTierFake(rnnserve_pb2_grpc.InferenceServiceServicer):
@@ -43,6 +44,8 @@ class StateTierFake(rnnserve_pb2_grpc.InferenceServiceServicer):
         self.sessions: dict[str, TierSession] = {}
         self.unavailable = 0
         self.lose_reply = False
+        self.keeps_replies = False  # answers a lost reply's retry again, as the real tier does
+        self.unavailable_after_loss = 0
         self.requests: list[pb.StepRequest] = []
         self.lock = threading.Lock()
 
@@ -92,9 +95,16 @@ class StateTierFake(rnnserve_pb2_grpc.InferenceServiceServicer):
         if self.lose_reply:  # the step is applied, then the process dies before replying
             self.lose_reply = False
             self.Step(request, context)
+            self.unavailable = self.unavailable_after_loss  # the move takes this many tries
             context.abort(grpc.StatusCode.UNAVAILABLE, "the backend went away")
         self.requests.append(request)
         session = self.sessions[request.session_id]
+        ids = list(request.input.tokens.ids)
+        if self.keeps_replies and session.last and session.last[:2] == (
+            request.expected_step_count,
+            ids,
+        ):
+            return session.last[2]
         if request.expected_step_count != len(session.inputs):
             _abort(
                 context,
@@ -126,6 +136,7 @@ class StateTierFake(rnnserve_pb2_grpc.InferenceServiceServicer):
             if session.messages % self.batch == 0:  # a message's steps commit together
                 session.durable = len(session.inputs)
             result.durable_step_count = session.durable
+        session.last = (result.step_count - result.steps, ids, response)
         return response
 
 
@@ -277,5 +288,41 @@ def test_a_step_whose_reply_was_lost_fails_and_is_never_applied_twice(
         session.feed([1])
         fake.lose_reply = True
         with pytest.raises(Aborted):
+            session.feed([2])
+        assert session.describe().step_count == 2  # applied once, never twice
+
+
+@pytest.mark.parametrize("move_tries", [0, 12], ids=["quick move", "long move"])
+def test_a_step_whose_reply_was_lost_is_answered_again_by_a_server_that_keeps_it(
+    tier: tuple[StateTierFake, str], move_tries: int
+) -> None:
+    """As the state tier does: the retry at the step count the message was sent at gets the
+    reply the client never saw; the outputs are an uninterrupted run's, the step ran once. A
+    long move outlasts the usual retries: the failover path sends it again."""
+    fake, address = tier
+    fake.keeps_replies = True
+    fake.unavailable_after_loss = move_tries
+    with Client(address, timeout=5) as client:
+        reference = _outputs(client, None, fake)
+        outputs = []
+        with client.session(MODEL) as session:
+            for index, data in enumerate(INPUTS):
+                fake.lose_reply = index in (2, 5)
+                out = session.feed(data)
+                assert out.tensor is not None
+                outputs.append([float(v) for v in out.tensor.ravel()])
+            assert session.describe().step_count == sum(map(len, INPUTS))  # each step once
+    assert outputs == reference
+
+
+def test_a_lost_reply_the_server_cannot_answer_again_after_a_move_is_data_loss(
+    tier: tuple[StateTierFake, str],
+) -> None:
+    fake, address = tier
+    fake.unavailable_after_loss = 12  # past the usual retries: the failover path takes over
+    with Client(address, timeout=5) as client, client.session(MODEL) as session:
+        session.feed([1])
+        fake.lose_reply = True
+        with pytest.raises(DataLoss, match="reply was lost"):
             session.feed([2])
         assert session.describe().step_count == 2  # applied once, never twice

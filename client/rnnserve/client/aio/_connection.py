@@ -81,7 +81,7 @@ class AsyncSessionStream(SessionStreamCore):
                     await self._send(replay)
                 return await self._send(request)
             except RnnServeError as failure:
-                await asyncio.sleep(failover_wait(failure, attempt, started))
+                await asyncio.sleep(self._reconnect_wait(failure, request, attempt, started))
                 attempt += 1
 
     async def _send(self, request: pb.StreamRequest) -> pb.StreamResponse:

@@ -16,17 +16,20 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 from rnnserve.server import metrics, snapshot
+from rnnserve.server.domain import FloatArray, OutputSteps
 from rnnserve.server.errors import (
     InvalidSnapshot,
     SessionMoved,
     SessionStateInvalid,
     StateTierUnavailable,
 )
+from rnnserve.server.inputs import ModelInput
 from rnnserve.server.logs import short_id
 from rnnserve.server.persistence import SessionPersistence
+from rnnserve.server.registry import CommittedStep
 from rnnserve.server.sessions import ModelKey, Session, SessionManager
 from rnnserve.server.settings import Settings
-from rnnserve.server.state_tier import scripts
+from rnnserve.server.state_tier import replies, scripts
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ _SHA1 = {
 _LEASE_MARGIN = 0.9
 # A Redis that does not answer within this long counts as unreachable (the step is refused).
 _SOCKET_TIMEOUT_S = 2.0
+_VALUES = 5  # WRITE script values per session (see scripts.WRITE)
 
 
 class RedisStateTier:
@@ -150,16 +154,56 @@ class RedisStateTier:
 
     # Steps.
 
-    def after_step(self, key: ModelKey, slot: int) -> Awaitable[None] | None:
-        """A step of `slot` committed: queue its session's write; with sync, what to await."""
+    def after_step(
+        self, key: ModelKey, slot: int, committed: CommittedStep | None = None
+    ) -> Awaitable[None] | None:
+        """A step of `slot` committed: keep its reply (if it is one to keep) and queue its
+        session's write; with sync, what to await."""
         session = self._sessions.at_slot(key, slot)
         if session is None:
             return None
+        session.last_reply = None
+        if committed is not None:
+            end = session.step_count
+            session.last_reply = replies.encode(
+                session.session_id,
+                end - len(committed.inputs),
+                end,
+                committed.inputs,
+                committed.steps,
+                committed.rows,
+                self._persistence.secret,
+            )
         if self.durability == "none":
             session.dirty = True
             return None
         written = self.persist(session)
         return written if self.durability == "sync" else None
+
+    def kept_reply(
+        self, session: Session, expected_step_count: int, inputs: ModelInput, steps: OutputSteps
+    ) -> list[FloatArray] | None:
+        """The output rows of the session's last message if `inputs`, sent at
+        `expected_step_count`, are that message again (its reply was lost) and the rows kept
+        cover `steps`; None otherwise (the step is then refused as out of order)."""
+        if session.last_reply is None:
+            return None
+        try:
+            kept = replies.decode(session.last_reply, session.session_id, self._persistence.secret)
+        except InvalidSnapshot as err:
+            log.warning("session %s: kept reply unusable: %s", short_id(session.session_id), err)
+            return None
+        if not kept.answers(expected_step_count, session.step_count, inputs):
+            return None
+        if steps is OutputSteps.ALL and kept.steps is OutputSteps.LAST and len(inputs) > 1:
+            return None
+        metrics.TIER_REPLIES_AGAIN.inc()
+        log.info(
+            "session %s: the message at step %d answered again from its kept reply",
+            short_id(session.session_id),
+            expected_step_count,
+        )
+        return kept.rows
 
     def persist(self, session: Session) -> asyncio.Future[None]:
         """Queue the session's current state for the next group write; resolved once written.
@@ -234,10 +278,12 @@ class RedisStateTier:
             blob = self._persistence.export_record(session)
             step = session.step_count
             expected = "new" if session.written_step is None else str(session.written_step)
-            values += [expected, step, blob, session.identity]
+            values += [expected, step, blob, session.identity, session.last_reply or b""]
             entries.append((session, future, step))
         for at in range(0, len(entries), _CHUNK):
-            await self._write_chunk(entries[at : at + _CHUNK], values[4 * at : 4 * (at + _CHUNK)])
+            await self._write_chunk(
+                entries[at : at + _CHUNK], values[_VALUES * at : _VALUES * (at + _CHUNK)]
+            )
 
     async def _write_chunk(
         self, entries: list[tuple[Session, asyncio.Future[None], int]], values: list[Any]
@@ -290,7 +336,7 @@ class RedisStateTier:
             _fail(future, self._invalid(session.session_id, f"Redis refused the write ({err})"))
             return
         for index, entry in enumerate(entries):
-            await self._write_chunk([entry], values[4 * index : 4 * index + 4])
+            await self._write_chunk([entry], values[_VALUES * index : _VALUES * (index + 1)])
 
     def _lose(self, session: Session) -> None:
         """Another process owns the session now: forget this copy (its next call reloads)."""
@@ -401,6 +447,7 @@ class RedisStateTier:
         except (InvalidSnapshot, ValueError, TypeError) as err:
             raise self._invalid(session_id, getattr(err, "message", str(err))) from None
         session.written_step = step
+        session.last_reply = bytes(reply[3]) or None
         session.lease_until = claimed_at + self._lease_s
         metrics.TIER_LOADS.inc()
         log.info("session %s loaded from the state tier", short_id(session_id))

@@ -8,6 +8,7 @@ A session's record is one hash, `rnnserve:s:<session id>`:
     identity  the principal that owns the session (checked before a lease is taken)
     owner     the instance id of the process that holds the session
     lease     when that process's hold lapses (ms, Redis server clock: replicas' clocks never meet)
+    reply     the reply to the message that made `step` (replies.py; empty when none is kept)
 The key expires after the session's idle TTL; every write and renewal pushes the expiry back.
 Times come from Redis's own TIME, so a lease means the same on every replica.
 """
@@ -22,29 +23,29 @@ _NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] /
 
 # KEYS[1]; ARGV: instance, lease_ms, identity.
 # -> {0}: no record for this identity; {2, owner, ms left}: another live owner;
-#    {1, step, snap}: the lease is now ours.
+#    {1, step, snap, reply}: the lease is now ours.
 CLAIM = (
     _NOW
     + """
-local r = redis.call('HMGET', KEYS[1], 'owner', 'lease', 'identity', 'step', 'snap')
+local r = redis.call('HMGET', KEYS[1], 'owner', 'lease', 'identity', 'step', 'snap', 'reply')
 if not r[5] or r[3] ~= ARGV[3] then return {0} end
 local lease = tonumber(r[2]) or 0
 if r[1] and r[1] ~= ARGV[1] and lease > now then return {2, r[1], lease - now} end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'lease', now + tonumber(ARGV[2]))
-return {1, r[4], r[5]}
+return {1, r[4], r[5], r[6] or ''}
 """
 )
 
-# KEYS: the records of one group write; ARGV: instance, lease_ms, ttl_ms, then for each key four
-# values: expected step ("new": the key must not exist), step, snap, identity. One script for the
-# whole group: one command to encode, one reply to parse, and the group lands atomically.
+# KEYS: the records of one group write; ARGV: instance, lease_ms, ttl_ms, then for each key five
+# values: expected step ("new": the key must not exist), step, snap, identity, reply. One script
+# for the whole group: one command to encode, one reply to parse, and the group lands atomically.
 # -> per key 1 written, 0 refused (another owner, or newer state: this copy is stale).
 WRITE = (
     _NOW
     + """
 local out = {}
 for i, key in ipairs(KEYS) do
-  local at = 3 + (i - 1) * 4
+  local at = 3 + (i - 1) * 5
   local ok
   if ARGV[at + 1] == 'new' then
     ok = redis.call('EXISTS', key) == 0
@@ -54,7 +55,8 @@ for i, key in ipairs(KEYS) do
   end
   if ok then
     redis.call('HSET', key, 'owner', ARGV[1], 'lease', now + tonumber(ARGV[2]),
-      'step', ARGV[at + 2], 'snap', ARGV[at + 3], 'identity', ARGV[at + 4])
+      'step', ARGV[at + 2], 'snap', ARGV[at + 3], 'identity', ARGV[at + 4],
+      'reply', ARGV[at + 5])
     redis.call('PEXPIRE', key, ARGV[3])
     out[i] = 1
   else

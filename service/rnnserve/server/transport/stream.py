@@ -179,11 +179,13 @@ class StreamConversation:
 
     def _joins(self, request: Incoming) -> TypeGuard[pb.StreamRequest]:
         """Whether a message may run in one call with its neighbours: a step of ids or frames
-        (text is left alone: a word model's tokens can span the messages) on a live session."""
+        (text is left alone: a word model's tokens can span the messages), not guarded by an
+        expected step count, on a live session."""
         return (
             isinstance(request, pb.StreamRequest)
             and request.WhichOneof("kind") == "step"
             and request.step.WhichOneof("data") in _JOINABLE
+            and not request.HasField("expected_step_count")
             and self._session_id is not None
             and not self._session_gone
         )
@@ -203,6 +205,9 @@ class StreamConversation:
                 input_field="step",
                 output=request.output,
                 deadline=deadline_of(self._context),
+                expected_step_count=(
+                    request.expected_step_count if request.HasField("expected_step_count") else None
+                ),
                 limits=self._limits,
             )
             return response
