@@ -100,10 +100,12 @@ class StateTierFake(rnnserve_pb2_grpc.InferenceServiceServicer):
         self.requests.append(request)
         session = self.sessions[request.session_id]
         ids = list(request.input.tokens.ids)
-        if self.keeps_replies and session.last and session.last[:2] == (
+        sent_again = session.last is not None and session.last[:2] == (
             request.expected_step_count,
             ids,
-        ):
+        )
+        if self.keeps_replies and sent_again:
+            assert session.last is not None
             return session.last[2]
         if request.expected_step_count != len(session.inputs):
             _abort(

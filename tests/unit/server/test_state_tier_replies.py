@@ -44,7 +44,9 @@ def test_it_answers_only_the_same_message_at_the_same_step_counts() -> None:
     [("anotherSessionIdAltogether", None), (SESSION, b"wrong"), (SESSION, None)],
     ids=["other session", "wrong secret", "signed, read unsigned"],
 )
-def test_a_reply_of_another_session_or_secret_is_refused(session: str, secret: bytes | None) -> None:
+def test_a_reply_of_another_session_or_secret_is_refused(
+    session: str, secret: bytes | None
+) -> None:
     with pytest.raises(InvalidSnapshot, match="integrity"):
         replies.decode(_kept(b"s3cret" if session == SESSION else None), session, secret)
 
@@ -63,7 +65,7 @@ def test_every_damaged_byte_and_every_truncation_is_refused() -> None:
 
 def test_a_well_signed_but_malformed_body_is_refused() -> None:
     """Lengths are checked before they are used, even under a valid checksum."""
-    good = _kept()[: -32]
+    good = _kept()[:-32]
     for body in (
         good[:-4],  # the last output is short
         good + b"\x00",  # trailing bytes
