@@ -1,6 +1,6 @@
 """The Redis state tier's cost and capacity, against a real redis-server started here.
 
-    python bench/state_tier.py throughput [-c 64] [-n 200] [--repeats 2]
+    python bench/state_tier.py throughput [-c 64] [-n 200] [--repeats 2] [--batch-interval-s S]
         rnnserve-load streams against `rnnserve serve` with the memory store, then redis sync and
         batch (alternating, repeated): tokens/s and p50 per mode, and the ratios to memory.
     python bench/state_tier.py idle [--sessions 100000] [--cache 10000] [--reloads 1000]
@@ -96,6 +96,8 @@ def throughput(args: argparse.Namespace) -> None:
         ("redis sync", {"state_store": "redis", "durability": "sync"}),
         ("redis batch", {"state_store": "redis", "durability": "batch"}),
     ]
+    if args.batch_interval_s is not None:
+        modes[2][1]["batch_interval_s"] = str(args.batch_interval_s)
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in modes}
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as url:
         for _ in range(args.repeats):
@@ -251,6 +253,9 @@ def main() -> None:
     load.add_argument("-n", "--steps", type=int, default=200)
     load.add_argument("--repeats", type=int, default=2)
     load.add_argument("--model", default="char-lstm")
+    load.add_argument(
+        "--batch-interval-s", type=float, help="batch mode's batch_interval_s (default: server's)"
+    )
     held = sub.add_parser("idle")
     held.add_argument("--sessions", type=int, default=100_000)
     held.add_argument("--cache", type=int, default=10_000)

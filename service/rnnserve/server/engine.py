@@ -334,11 +334,11 @@ class InferenceEngine(InferenceCore):
         """With a shared state tier: the reply to a message that already ran (the session is
         one message past `expected_step_count`, and it was this input) but whose reply was lost,
         from the reply kept with the state; None when that is not the case."""
-        if self.tier is None or session.busy or session.last_reply is None:
+        if self.tier is None or session.busy:
             return None
         served = self.registry.served(session.key)
         inputs = await self._validated(served, data, options, input_field)
-        rows = self.tier.kept_reply(session, expected_step_count, inputs, options.steps)
+        rows = await self.tier.kept_reply(session, expected_step_count, inputs, options.steps)
         if rows is None:
             return None
         return StepOutcome(

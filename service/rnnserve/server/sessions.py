@@ -23,6 +23,7 @@ from rnnserve.server.errors import (
 from rnnserve.server.logs import short_id
 from rnnserve.server.snapshot import RecordEncoder
 from rnnserve.server.state_store import StateStore
+from rnnserve.server.state_tier.replies import KeptReply
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,9 @@ class Session:
     dirty: bool = False
     lease_until: float = 0.0  # monotonic time this process's lease on it is sure to last until
     encoder: RecordEncoder | None = None  # its state-tier record's encoder (built on first use)
-    # With a shared state tier: the reply to the session's last message, kept with its state
-    # (state_tier/replies.py), so a retry whose reply was lost is answered again.
-    last_reply: bytes | None = None
+    # With a shared state tier: the reply to the session's last message until it is written
+    # with the state (state_tier/replies.py), so a retry whose reply was lost is answered again.
+    last_reply: KeptReply | None = None
 
     @property
     def key(self) -> ModelKey:

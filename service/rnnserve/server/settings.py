@@ -130,6 +130,11 @@ class Settings(BaseSettings):
         default="sync",
         description="redis: sync (reply after Redis has the state), batch, or none (evict/stop).",
     )
+    batch_interval_s: float = Field(
+        default=0.05,
+        ge=0,
+        description="redis, batch: longest a step's write waits to be sent with later ones.",
+    )
     owner_lease_s: float = Field(
         default=10.0, gt=0, description="redis: how long a process owns a session without renewal."
     )

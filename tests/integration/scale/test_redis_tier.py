@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -233,3 +234,24 @@ async def test_a_kept_reply_that_fails_its_check_is_never_answered(
     assert error.code() == grpc.StatusCode.ABORTED  # refused as out of order: no made-up reply
     result = await step(second.stub, session, tokens([3]))
     assert result.step_count == answered.step_count + 1  # the session itself is unharmed
+
+
+async def test_batch_gathers_a_sessions_steps_into_one_write_and_reports_the_lag(
+    serve: Callable[..., Awaitable[Running]], redis_aof: RedisServer
+) -> None:
+    running = await serve(**tier(redis_aof, durability="batch", batch_interval_s=3.0))
+    session = await open_session(running.stub, GRU_LM)
+    assert int(record(redis_aof, session)[b"step"]) == 0  # a new session is written at once
+    results = [await step(running.stub, session, tokens(ids)) for ids in INPUTS[:4]]
+    # Within the interval nothing more is written, and every reply says so.
+    assert [r.durable_step_count for r in results] == [0, 0, 0, 0]
+    assert int(record(redis_aof, session)[b"step"]) == 0
+    final = results[-1].step_count
+    for _ in range(100):  # then one write holds the four steps
+        await asyncio.sleep(0.05)
+        if int(record(redis_aof, session)[b"step"]) == final:
+            break
+    info = await running.stub.GetSession(
+        pb.GetSessionRequest(session_id=session), metadata=identity("alice")
+    )
+    assert info.session.durable_step_count == info.session.step_count == final

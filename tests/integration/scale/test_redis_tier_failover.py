@@ -107,7 +107,8 @@ async def test_kill_9_loses_nothing_the_client_cannot_replay(
     # ... and replays the inputs after it: outputs bit-identical to the uninterrupted twin
     start = counts.index(resumed) + 1 if resumed else 0
     for index in range(start, len(INPUTS)):
-        result, _ = await step_retrying(replica_b.stub, session, INPUTS[index], counts[index - 1])
+        at = counts[index - 1] if index else 0
+        result, _ = await step_retrying(replica_b.stub, session, INPUTS[index], at)
         np.testing.assert_array_equal(first_output(result), expected[index])
         assert result.step_count == counts[index]
 

@@ -17,7 +17,7 @@ ROWS = [
 
 
 def _kept(secret: bytes | None = None, steps: OutputSteps = OutputSteps.ALL) -> bytes:
-    return replies.encode(SESSION, 10, 13, INPUTS, steps, ROWS, secret)
+    return replies.KeptReply.of(13, INPUTS, steps, ROWS).encode(SESSION, secret)
 
 
 @pytest.mark.parametrize("secret", [None, b"s3cret"])
@@ -30,13 +30,17 @@ def test_a_kept_reply_reads_back_exactly(secret: bytes | None) -> None:
     assert replies.decode(_kept(steps=OutputSteps.LAST), SESSION, None).steps is OutputSteps.LAST
 
 
-def test_it_answers_only_the_same_message_at_the_same_step_counts() -> None:
-    kept = replies.decode(_kept(), SESSION, None)
+@pytest.mark.parametrize("decoded", [False, True], ids=["in memory", "read back"])
+def test_it_answers_only_the_same_message_at_the_same_step_counts(decoded: bool) -> None:
+    kept = replies.KeptReply.of(13, INPUTS, OutputSteps.ALL, ROWS)
+    if decoded:
+        kept = replies.decode(kept.encode(SESSION, None), SESSION, None)
     assert kept.answers(10, 13, INPUTS.copy())
     assert not kept.answers(9, 13, INPUTS)  # sent at another step count
     assert not kept.answers(10, 14, INPUTS)  # the session moved on since
     assert not kept.answers(10, 13, np.array([4, 5, 7], dtype=np.int64))  # another input
     assert not kept.answers(10, 13, INPUTS.astype(np.float32))  # same values, other kind
+    assert not kept.answers(10, 13, INPUTS.view(np.float64))  # same bytes, other kind
 
 
 @pytest.mark.parametrize(

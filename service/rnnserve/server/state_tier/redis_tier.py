@@ -8,6 +8,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -46,6 +47,16 @@ _LEASE_MARGIN = 0.9
 # A Redis that does not answer within this long counts as unreachable (the step is refused).
 _SOCKET_TIMEOUT_S = 2.0
 _VALUES = 5  # WRITE script values per session (see scripts.WRITE)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One session of a group write: what was encoded for it, and who waits."""
+
+    session: Session
+    future: asyncio.Future[None]
+    step: int
+    reply: replies.KeptReply | None
 
 
 class RedisStateTier:
@@ -99,6 +110,9 @@ class RedisStateTier:
         self._maintainer: asyncio.Task[None] | None = None
         self._unavailable = False  # logged once per outage, not once per step
         self._closing = False
+        self._batch_interval_s = settings.batch_interval_s
+        self._last_write = 0.0  # when the last group write began (monotonic)
+        self._send_now = asyncio.Event()  # a queued write that someone waits for
 
     # Lifecycle.
 
@@ -133,6 +147,7 @@ class RedisStateTier:
         A survivor may then load any of them at once instead of waiting for a lease to run out.
         """
         self._closing = True
+        self._send_now.set()
         if self._maintainer is not None:
             self._maintainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -163,36 +178,35 @@ class RedisStateTier:
         if session is None:
             return None
         session.last_reply = None
-        if committed is not None:
-            end = session.step_count
-            session.last_reply = replies.encode(
-                session.session_id,
-                end - len(committed.inputs),
-                end,
-                committed.inputs,
-                committed.steps,
-                committed.rows,
-                self._persistence.secret,
-            )
         if self.durability == "none":
             session.dirty = True
             return None
-        written = self.persist(session)
-        return written if self.durability == "sync" else None
+        if committed is not None:  # kept until written (encoded then, after any coalescing)
+            session.last_reply = replies.KeptReply.of(
+                session.step_count, committed.inputs, committed.steps, committed.rows
+            )
+        if self.durability == "batch":  # gathered: nobody waits for this write
+            self.persist(session, gather=True)
+            return None
+        return self.persist(session)
 
-    def kept_reply(
+    async def kept_reply(
         self, session: Session, expected_step_count: int, inputs: ModelInput, steps: OutputSteps
     ) -> list[FloatArray] | None:
         """The output rows of the session's last message if `inputs`, sent at
         `expected_step_count`, are that message again (its reply was lost) and the rows kept
-        cover `steps`; None otherwise (the step is then refused as out of order)."""
-        if session.last_reply is None:
-            return None
-        try:
-            kept = replies.decode(session.last_reply, session.session_id, self._persistence.secret)
-        except InvalidSnapshot as err:
-            log.warning("session %s: kept reply unusable: %s", short_id(session.session_id), err)
-            return None
+        cover `steps`; None otherwise (the step is then refused as out of order).
+
+        The reply is in memory until its write lands, then only in Redis (read back here: a
+        lost reply is rare, and idle sessions hold no outputs).
+        """
+        kept = session.last_reply
+        if kept is None:
+            if session.written_step != session.step_count:
+                return None
+            kept = await self._read_reply(session)
+            if kept is None:
+                return None
         if not kept.answers(expected_step_count, session.step_count, inputs):
             return None
         if steps is OutputSteps.ALL and kept.steps is OutputSteps.LAST and len(inputs) > 1:
@@ -205,13 +219,34 @@ class RedisStateTier:
         )
         return kept.rows
 
-    def persist(self, session: Session) -> asyncio.Future[None]:
+    async def _read_reply(self, session: Session) -> replies.KeptReply | None:
+        """The reply kept in the session's record (None if none, or unusable)."""
+        try:
+            data = await self._redis().hget(scripts.record_key(session.session_id), "reply")
+        except RedisError as err:
+            self._report_unavailable(err)
+            raise self._unavailable_error() from None
+        if not isinstance(data, bytes) or not data:  # bytes: the client does not decode
+            return None
+        try:
+            return replies.decode(data, session.session_id, self._persistence.secret)
+        except InvalidSnapshot as err:
+            log.warning("session %s: kept reply unusable: %s", short_id(session.session_id), err)
+            return None
+
+    def persist(self, session: Session, *, gather: bool = False) -> asyncio.Future[None]:
         """Queue the session's current state for the next group write; resolved once written.
+
+        `gather` (a batch-durability step): the write may wait up to `batch_interval_s` since
+        the last one began, so that a session's steps meanwhile go in one write; any other
+        write queued sends the group at once.
 
         Fails with StateTierUnavailable (Redis did not answer; the memory copy stays dirty and is
         written later) or SessionMoved (another process owns it; this copy is dropped).
         """
         session.dirty = True
+        if not gather:
+            self._send_now.set()
         queued = self._pending.get(session.session_id)
         if queued is not None:
             return queued[1]
@@ -256,7 +291,10 @@ class RedisStateTier:
         """Write the queued sessions, one group write at a time, until none is queued."""
         try:
             while self._pending:
+                await self._gather()
                 group, self._pending = self._pending, {}
+                self._send_now.clear()
+                self._last_write = time.monotonic()
                 try:
                     await self._write_group(list(group.values()))
                 except Exception as err:  # a bug: fail these steps, never leave them waiting
@@ -267,31 +305,41 @@ class RedisStateTier:
         finally:
             self._writer = None
 
+    async def _gather(self) -> None:
+        """Batch durability: let steps gather until `batch_interval_s` after the last write
+        began, unless a write that someone waits for is queued (or the server stops)."""
+        delay = self._last_write + self._batch_interval_s - time.monotonic()
+        if self.durability != "batch" or delay <= 0 or self._closing:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._send_now.wait(), delay)
+
     async def _write_group(self, group: list[tuple[Session, asyncio.Future[None]]]) -> None:
-        entries: list[tuple[Session, asyncio.Future[None], int]] = []
+        entries: list[_Entry] = []
         values: list[Any] = []
+        secret = self._persistence.secret
         for session, future in group:
             if session.closed:  # closed, expired or dropped meanwhile: nothing to keep
                 _resolve(future)
                 continue
-            # Encoded now, on the loop thread: state and step count are one consistent picture.
+            # Encoded now, on the loop thread: state, step count and last reply are one picture.
             blob = self._persistence.export_record(session)
             step = session.step_count
             expected = "new" if session.written_step is None else str(session.written_step)
-            values += [expected, step, blob, session.identity, session.last_reply or b""]
-            entries.append((session, future, step))
+            kept = session.last_reply
+            reply = b"" if kept is None else kept.encode(session.session_id, secret)
+            values += [expected, step, blob, session.identity, reply]
+            entries.append(_Entry(session, future, step, kept))
         for at in range(0, len(entries), _CHUNK):
             await self._write_chunk(
                 entries[at : at + _CHUNK], values[_VALUES * at : _VALUES * (at + _CHUNK)]
             )
 
-    async def _write_chunk(
-        self, entries: list[tuple[Session, asyncio.Future[None], int]], values: list[Any]
-    ) -> None:
+    async def _write_chunk(self, entries: list[_Entry], values: list[Any]) -> None:
         """One WRITE script call for these sessions; each future told its own outcome."""
-        keys = [scripts.record_key(session.session_id) for session, _, _ in entries]
+        keys = [scripts.record_key(entry.session.session_id) for entry in entries]
         metrics.TIER_WRITES_IN_FLIGHT.set(len(entries))
-        self._in_flight = [session for session, _, _ in entries]
+        self._in_flight = [entry.session for entry in entries]
         sent = time.monotonic()
         try:
             results = await self._script(
@@ -302,38 +350,42 @@ class RedisStateTier:
             return
         except RedisError as err:
             self._report_unavailable(err)
-            for session, future, _ in entries:
-                _fail(future, self._unavailable_error())
+            for entry in entries:
+                _fail(entry.future, self._unavailable_error())
                 if self.durability == "batch":  # nobody waits for it: written when Redis is back
-                    self._unwritten[session.session_id] = session
+                    self._unwritten[entry.session.session_id] = entry.session
             return
         finally:
             metrics.TIER_WRITES_IN_FLIGHT.set(0)
             self._in_flight = []
         self._report_available()
-        for (session, future, step), result in zip(entries, results, strict=True):
+        for entry, result in zip(entries, results, strict=True):
+            session = entry.session
             if int(result) == 1:
-                session.written_step = step
-                session.dirty = session.step_count != step
+                session.written_step = entry.step
+                session.dirty = session.step_count != entry.step
                 session.lease_until = sent + self._lease_s
-                _resolve(future)
+                if session.last_reply is entry.reply:  # Redis keeps it now (see kept_reply)
+                    session.last_reply = None
+                _resolve(entry.future)
             else:
                 self._lose(session)
-                _fail(future, _moved(session.session_id))
+                _fail(entry.future, _moved(session.session_id))
 
     async def _write_each(
         self,
-        entries: list[tuple[Session, asyncio.Future[None], int]],
+        entries: list[_Entry],
         values: list[Any],
         err: ResponseError,
     ) -> None:
         """Redis refused a group write (a script error: some key is not a record of ours); write
         the sessions one by one, so that only the damaged ones fail."""
         if len(entries) == 1:
-            session, future, _ = entries[0]
+            session = entries[0].session
             metrics.TIER_ERRORS.labels("invalid").inc()
             self._sessions.drop(session)
-            _fail(future, self._invalid(session.session_id, f"Redis refused the write ({err})"))
+            why = f"Redis refused the write ({err})"
+            _fail(entries[0].future, self._invalid(session.session_id, why))
             return
         for index, entry in enumerate(entries):
             await self._write_chunk([entry], values[_VALUES * index : _VALUES * (index + 1)])
@@ -447,7 +499,6 @@ class RedisStateTier:
         except (InvalidSnapshot, ValueError, TypeError) as err:
             raise self._invalid(session_id, getattr(err, "message", str(err))) from None
         session.written_step = step
-        session.last_reply = bytes(reply[3]) or None
         session.lease_until = claimed_at + self._lease_s
         metrics.TIER_LOADS.inc()
         log.info("session %s loaded from the state tier", short_id(session_id))

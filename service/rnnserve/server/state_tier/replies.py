@@ -12,7 +12,7 @@ Layout (integers little-endian):
     magic    8 bytes   b"RNNREPL\\0"
     start    u64       the session's step count before the message
     end      u64       the step count after it
-    input    16 bytes  BLAKE2b digest of the message's validated input (dtype, shape, values)
+    input    16 bytes  BLAKE2b digest of the message's validated input (dtype and values)
     steps    u8        0: a row per step, 1: the last step's row only
     count    u8        number of outputs (manifest order), then per output:
       ndim   u8        then ndim u32 dims, then the float32 values "<f4", C order
@@ -37,6 +37,7 @@ from rnnserve.server.inputs import ModelInput
 MAGIC = b"RNNREPL\x00"
 _HEAD = struct.Struct("<8sQQ16sBB")
 _DIM = struct.Struct("<I")
+_DIMS = {n: struct.Struct(f"<B{n}I") for n in range(1, 9)}  # ndim and the dims, up to _MAX_DIMS
 _MAC = 32
 _CHECKSUM_KEY = b"rnnserve last reply"
 _MAX_DIMS = 8
@@ -45,13 +46,20 @@ _STEPS = (OutputSteps.ALL, OutputSteps.LAST)
 
 @dataclass(frozen=True)
 class KeptReply:
-    """The decoded last reply of a session."""
+    """A session's last reply: the message's step counts and input digest, and its rows."""
 
     start: int
     end: int
     input_digest: bytes
     steps: OutputSteps
     rows: list[FloatArray]
+
+    @classmethod
+    def of(
+        cls, end: int, inputs: ModelInput, steps: OutputSteps, rows: list[FloatArray]
+    ) -> KeptReply:
+        """The reply to the message `inputs` that took the session to `end` steps."""
+        return cls(end - len(inputs), end, input_digest(inputs), steps, rows)
 
     def answers(self, expected_step_count: int, step_count: int, inputs: ModelInput) -> bool:
         """Whether a message sent at `expected_step_count` with `inputs`, to a session now at
@@ -62,31 +70,22 @@ class KeptReply:
             and hmac.compare_digest(self.input_digest, input_digest(inputs))
         )
 
+    def encode(self, session_id: str, secret: bytes | None) -> bytes:
+        """The reply as the state tier stores it (see the layout above)."""
+        steps = _STEPS.index(self.steps)
+        parts = [_HEAD.pack(MAGIC, self.start, self.end, self.input_digest, steps, len(self.rows))]
+        for row in self.rows:
+            parts.append(_DIMS[row.ndim].pack(row.ndim, *row.shape))
+            parts.append(row.astype("<f4", copy=False).tobytes())
+        body = b"".join(parts)
+        return body + _mac(session_id, body, secret)
+
 
 def input_digest(inputs: ModelInput) -> bytes:
-    """A message's identity: its validated input's dtype, shape and values."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{inputs.dtype.str}{inputs.shape}".encode())
-    digest.update(np.ascontiguousarray(inputs).tobytes())
-    return digest.digest()
-
-
-def encode(
-    session_id: str,
-    start: int,
-    end: int,
-    inputs: ModelInput,
-    steps: OutputSteps,
-    rows: list[FloatArray],
-    secret: bytes | None,
-) -> bytes:
-    """The kept reply of the message that took the session from `start` to `end` steps."""
-    parts = [_HEAD.pack(MAGIC, start, end, input_digest(inputs), _STEPS.index(steps), len(rows))]
-    for row in rows:
-        parts.append(bytes([row.ndim]) + b"".join(_DIM.pack(d) for d in row.shape))
-        parts.append(np.ascontiguousarray(row, dtype="<f4").tobytes())
-    body = b"".join(parts)
-    return body + _mac(session_id, body, secret)
+    """A message's identity: its validated input's kind and values (the model fixes the rest of
+    its shape)."""
+    kind = inputs.dtype.str.encode()
+    return hashlib.blake2b(inputs.tobytes(), digest_size=16, person=kind).digest()
 
 
 def decode(data: bytes, session_id: str, secret: bytes | None) -> KeptReply:
@@ -120,6 +119,4 @@ def decode(data: bytes, session_id: str, secret: bytes | None) -> KeptReply:
 
 
 def _mac(session_id: str, body: bytes, secret: bytes | None) -> bytes:
-    mac = hmac.new(secret or _CHECKSUM_KEY, session_id.encode(), hashlib.sha256)
-    mac.update(body)
-    return mac.digest()
+    return hmac.digest(secret or _CHECKSUM_KEY, session_id.encode() + body, "sha256")

@@ -23,16 +23,16 @@ _NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] /
 
 # KEYS[1]; ARGV: instance, lease_ms, identity.
 # -> {0}: no record for this identity; {2, owner, ms left}: another live owner;
-#    {1, step, snap, reply}: the lease is now ours.
+#    {1, step, snap}: the lease is now ours.
 CLAIM = (
     _NOW
     + """
-local r = redis.call('HMGET', KEYS[1], 'owner', 'lease', 'identity', 'step', 'snap', 'reply')
+local r = redis.call('HMGET', KEYS[1], 'owner', 'lease', 'identity', 'step', 'snap')
 if not r[5] or r[3] ~= ARGV[3] then return {0} end
 local lease = tonumber(r[2]) or 0
 if r[1] and r[1] ~= ARGV[1] and lease > now then return {2, r[1], lease - now} end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'lease', now + tonumber(ARGV[2]))
-return {1, r[4], r[5], r[6] or ''}
+return {1, r[4], r[5]}
 """
 )
 
