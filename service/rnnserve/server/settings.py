@@ -131,7 +131,7 @@ class Settings(BaseSettings):
         description="redis: sync (reply after Redis has the state), batch, or none (evict/stop).",
     )
     batch_interval_s: float = Field(
-        default=0.05,
+        default=1.0,
         ge=0,
         description="redis, batch: longest a step's write waits to be sent with later ones.",
     )

@@ -54,7 +54,7 @@ class _Entry:
     """One session of a group write: what was encoded for it, and who waits."""
 
     session: Session
-    future: asyncio.Future[None]
+    future: asyncio.Future[None] | None  # what a waiting caller awaits (None: nobody waits)
     step: int
     reply: replies.KeptReply | None
 
@@ -101,7 +101,7 @@ class RedisStateTier:
         self._persistence = persistence
         self._client = client
         # Group commit: sessions waiting for the next write, each with the future its step awaits.
-        self._pending: dict[str, tuple[Session, asyncio.Future[None]]] = {}
+        self._pending: dict[str, tuple[Session, asyncio.Future[None] | None]] = {}
         self._writer: asyncio.Task[None] | None = None
         self._loading: dict[str, asyncio.Future[None]] = {}
         self._unwritten: dict[str, Session] = {}  # batch writes that failed: retried
@@ -185,8 +185,8 @@ class RedisStateTier:
             session.last_reply = replies.KeptReply.of(
                 session.step_count, committed.inputs, committed.steps, committed.rows
             )
-        if self.durability == "batch":  # gathered: nobody waits for this write
-            self.persist(session, gather=True)
+        if self.durability == "batch":
+            self._gather(session)
             return None
         return self.persist(session)
 
@@ -234,27 +234,35 @@ class RedisStateTier:
             log.warning("session %s: kept reply unusable: %s", short_id(session.session_id), err)
             return None
 
-    def persist(self, session: Session, *, gather: bool = False) -> asyncio.Future[None]:
-        """Queue the session's current state for the next group write; resolved once written.
-
-        `gather` (a batch-durability step): the write may wait up to `batch_interval_s` since
-        the last one began, so that a session's steps meanwhile go in one write; any other
-        write queued sends the group at once.
+    def persist(self, session: Session) -> asyncio.Future[None]:
+        """Queue the session's current state for the next group write, which goes at once;
+        resolved once written.
 
         Fails with StateTierUnavailable (Redis did not answer; the memory copy stays dirty and is
         written later) or SessionMoved (another process owns it; this copy is dropped).
         """
+        self._send_now.set()
+        queued = self._queue(session)
+        if queued is None:
+            queued = asyncio.get_running_loop().create_future()
+            self._pending[session.session_id] = (session, queued)
+        return queued
+
+    def _gather(self, session: Session) -> None:
+        """Batch durability: queue the session's state for a write that may wait up to
+        `batch_interval_s` since the last one began, so that its steps meanwhile go in one
+        write (nobody waits for it; a failed one is retried)."""
+        self._queue(session)
+
+    def _queue(self, session: Session) -> asyncio.Future[None] | None:
+        """Queue the session for the next group write; the future already waiting on it."""
         session.dirty = True
-        if not gather:
-            self._send_now.set()
         queued = self._pending.get(session.session_id)
-        if queued is not None:
-            return queued[1]
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending[session.session_id] = (session, future)
+        if queued is None:
+            self._pending[session.session_id] = (session, None)
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_pending())
-        return future
+        return None if queued is None else queued[1]
 
     async def created(self, session: Session) -> None:
         """A new session: its record is created now (except with none: at eviction or stop)."""
@@ -291,7 +299,7 @@ class RedisStateTier:
         """Write the queued sessions, one group write at a time, until none is queued."""
         try:
             while self._pending:
-                await self._gather()
+                await self._gathered()
                 group, self._pending = self._pending, {}
                 self._send_now.clear()
                 self._last_write = time.monotonic()
@@ -305,7 +313,7 @@ class RedisStateTier:
         finally:
             self._writer = None
 
-    async def _gather(self) -> None:
+    async def _gathered(self) -> None:
         """Batch durability: let steps gather until `batch_interval_s` after the last write
         began, unless a write that someone waits for is queued (or the server stops)."""
         delay = self._last_write + self._batch_interval_s - time.monotonic()
@@ -314,7 +322,7 @@ class RedisStateTier:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._send_now.wait(), delay)
 
-    async def _write_group(self, group: list[tuple[Session, asyncio.Future[None]]]) -> None:
+    async def _write_group(self, group: list[tuple[Session, asyncio.Future[None] | None]]) -> None:
         entries: list[_Entry] = []
         values: list[Any] = []
         secret = self._persistence.secret
@@ -543,7 +551,7 @@ class RedisStateTier:
             if session.busy:
                 continue
             if session.dirty or session.written_step is None:
-                self.persist(session)  # written first; evicted by the trim after its write
+                self._queue(session)  # written first; evicted by the trim after its write
                 continue
             clean.append(session)
         for session in clean:
@@ -563,7 +571,7 @@ class RedisStateTier:
                 unwritten, self._unwritten = self._unwritten, {}
                 for session in unwritten.values():
                     if session.dirty and not session.closed:
-                        self.persist(session)
+                        self._queue(session)
                 self._trim()
                 metrics.TIER_DURABLE_LAG.set(self.durable_lag())
             except RedisError as err:
@@ -674,13 +682,13 @@ def _moved(session_id: str) -> SessionMoved:
     )
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
+def _resolve(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
         future.set_result(None)
 
 
-def _fail(future: asyncio.Future[None], error: BaseException) -> None:
-    if not future.done():
+def _fail(future: asyncio.Future[None] | None, error: BaseException) -> None:
+    if future is not None and not future.done():
         future.set_exception(error)
-        # a batch-mode write nobody awaits must not log "exception never retrieved"
+        # a caller that stopped waiting (cancelled) must not log "exception never retrieved"
         future.add_done_callback(lambda f: f.exception())
