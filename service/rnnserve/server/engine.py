@@ -291,10 +291,13 @@ class InferenceEngine(InferenceCore):
         """
         with self._work():
             await self._hold(session_id, identity)
-            session = self.sessions.get(session_id, identity)
-            if expected_step_count is not None and expected_step_count != session.step_count:
+            if expected_step_count is not None and self.tier is not None:
                 again = await self._answer_again(
-                    session, expected_step_count, data, options, input_field
+                    self.sessions.get(session_id, identity),
+                    expected_step_count,
+                    data,
+                    options,
+                    input_field,
                 )
                 if again is not None:
                     return again
@@ -334,7 +337,7 @@ class InferenceEngine(InferenceCore):
         """With a shared state tier: the reply to a message that already ran (the session is
         one message past `expected_step_count`, and it was this input) but whose reply was lost,
         from the reply kept with the state; None when that is not the case."""
-        if self.tier is None or session.busy:
+        if self.tier is None or session.busy or expected_step_count == session.step_count:
             return None
         served = self.registry.served(session.key)
         inputs = await self._validated(served, data, options, input_field)

@@ -186,7 +186,7 @@ class RedisStateTier:
                 session.step_count, committed.inputs, committed.steps, committed.rows
             )
         if self.durability == "batch":
-            self._gather(session)
+            self._queue(session)
             return None
         return self.persist(session)
 
@@ -248,14 +248,11 @@ class RedisStateTier:
             self._pending[session.session_id] = (session, queued)
         return queued
 
-    def _gather(self, session: Session) -> None:
-        """Batch durability: queue the session's state for a write that may wait up to
-        `batch_interval_s` since the last one began, so that its steps meanwhile go in one
-        write (nobody waits for it; a failed one is retried)."""
-        self._queue(session)
-
     def _queue(self, session: Session) -> asyncio.Future[None] | None:
-        """Queue the session for the next group write; the future already waiting on it."""
+        """Queue the session for the next group write without waiting for it: with batch
+        durability that write may wait up to `batch_interval_s` since the last one began, so
+        that the session's steps meanwhile go in one write (a failed one is retried). Returns
+        the future a caller already waits on, if any."""
         session.dirty = True
         queued = self._pending.get(session.session_id)
         if queued is None:
