@@ -255,3 +255,43 @@ async def test_batch_gathers_a_sessions_steps_into_one_write_and_reports_the_lag
         pb.GetSessionRequest(session_id=session), metadata=identity("alice")
     )
     assert info.session.durable_step_count == info.session.step_count == final
+
+
+async def test_the_per_principal_cap_holds_over_replicas_and_evicted_sessions(
+    serve: Callable[..., Awaitable[Running]], redis_aof: RedisServer
+) -> None:
+    """max_sessions_per_principal counts a principal's sessions in Redis: a second replica and
+    the sessions a bounded cache evicted from memory count as much as those held."""
+    cap = {"max_sessions_per_principal": 3}
+    first = await serve(**tier(redis_aof, session_cache_size=1, instance_id="a", **cap))
+    second = await serve(**tier(redis_aof, instance_id="b", **cap))
+    held = [await open_session(first.stub, GRU_LM) for _ in range(2)]
+    assert len(first.server.engine.sessions) == 1  # the other one lives in Redis only
+    held.append(await open_session(second.stub, GRU_LM))
+    for running in (first, second):
+        error = await expect_error(open_session(running.stub, GRU_LM))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_sessions_per_principal" in (error.details() or "")
+    # Another principal is not affected; a closed session makes room on any replica.
+    await open_session(second.stub, GRU_LM, who="bob")
+    await first.stub.CloseSession(
+        pb.CloseSessionRequest(session_id=held[0]), metadata=identity("alice")
+    )
+    await open_session(second.stub, GRU_LM)
+    # The evicted session still works (and still counts): its next call loads it.
+    result = await step(first.stub, held[1], tokens([1, 2]))
+    assert result.step_count == 2
+
+
+async def test_expired_sessions_leave_the_principals_count(
+    serve: Callable[..., Awaitable[Running]], redis_aof: RedisServer
+) -> None:
+    running = await serve(
+        **tier(redis_aof, session_cache_size=1, session_ttl_s=1.0, max_sessions_per_principal=2)
+    )
+    for _ in range(2):
+        await open_session(running.stub, GRU_LM)
+    error = await expect_error(open_session(running.stub, GRU_LM))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await asyncio.sleep(1.5)  # both records expire in Redis (one was never back in memory)
+    await open_session(running.stub, GRU_LM)

@@ -19,6 +19,7 @@ from redis.retry import Retry
 from rnnserve.server import metrics, snapshot
 from rnnserve.server.domain import FloatArray, OutputSteps
 from rnnserve.server.errors import (
+    CapacityExceeded,
     InvalidSnapshot,
     SessionMoved,
     SessionStateInvalid,
@@ -28,7 +29,7 @@ from rnnserve.server.inputs import ModelInput
 from rnnserve.server.logs import short_id
 from rnnserve.server.persistence import SessionPersistence
 from rnnserve.server.registry import CommittedStep
-from rnnserve.server.sessions import ModelKey, Session, SessionManager
+from rnnserve.server.sessions import ModelKey, Session, SessionManager, principal_of
 from rnnserve.server.settings import Settings
 from rnnserve.server.state_tier import replies, scripts
 
@@ -342,13 +343,14 @@ class RedisStateTier:
 
     async def _write_chunk(self, entries: list[_Entry], values: list[Any]) -> None:
         """One WRITE script call for these sessions; each future told its own outcome."""
-        keys = [scripts.record_key(entry.session.session_id) for entry in entries]
+        keys = [key for entry in entries for key in _keys(entry.session)]
         metrics.TIER_WRITES_IN_FLIGHT.set(len(entries))
         self._in_flight = [entry.session for entry in entries]
         sent = time.monotonic()
+        cap = self._sessions.max_sessions_per_principal
         try:
             results = await self._script(
-                scripts.WRITE, keys, self.instance_id, self._lease_ms, self._ttl_ms, *values
+                scripts.WRITE, keys, self.instance_id, self._lease_ms, self._ttl_ms, cap, *values
             )
         except ResponseError as err:  # a key that holds something else: those sessions only
             await self._write_each(entries, values, err)
@@ -373,6 +375,9 @@ class RedisStateTier:
                 if session.last_reply is entry.reply:  # Redis keeps it now (see kept_reply)
                     session.last_reply = None
                 _resolve(entry.future)
+            elif int(result) == 2:  # a new session over its principal's cap (all replicas)
+                self._sessions.drop(session)
+                _fail(entry.future, _over_cap(cap))
             else:
                 self._lose(session)
                 _fail(entry.future, _moved(session.session_id))
@@ -514,15 +519,16 @@ class RedisStateTier:
         """A session was closed or expired: delete its record (if this process owns it)."""
         if session.written_step is None and session.session_id not in self._pending:
             return
-        task = asyncio.get_running_loop().create_task(self._delete(session.session_id))
+        task = asyncio.get_running_loop().create_task(self._delete(session))
         self._deleting[session.session_id] = task
         task.add_done_callback(lambda _: self._deleting.pop(session.session_id, None))
 
-    async def _delete(self, session_id: str) -> None:
+    async def _delete(self, session: Session) -> None:
         try:
-            await self._script(scripts.DELETE, [scripts.record_key(session_id)], self.instance_id)
+            await self._script(scripts.DELETE, list(_keys(session)), self.instance_id)
         except RedisError as err:  # the key's idle TTL removes it in the end
-            log.warning("could not delete the record of session %s: %s", short_id(session_id), err)
+            why = short_id(session.session_id)
+            log.warning("could not delete the record of session %s: %s", why, err)
 
     async def settle(self, session_id: str) -> None:
         """Wait for the deletion of a just-closed session's record (a close is then final)."""
@@ -606,7 +612,10 @@ class RedisStateTier:
         answers: list[tuple[Session, int]] = []
         for at in range(0, len(sessions), _CHUNK):
             chunk = sessions[at : at + _CHUNK]
-            keys = [scripts.record_key(s.session_id) for s in chunk]
+            if renew:
+                keys = [key for session in chunk for key in _keys(session)]
+            else:
+                keys = [scripts.record_key(session.session_id) for session in chunk]
             args = (self._lease_ms, self._ttl_ms) if renew else ()
             result = await self._script(script, keys, self.instance_id, *args)
             if renew:
@@ -669,6 +678,18 @@ class RedisStateTier:
             f"({why[:200]}); open a new session",
             field="session_id",
         )
+
+
+def _keys(session: Session) -> tuple[str, str]:
+    """The session's record key and its principal's key (scripts.WRITE, RENEW, DELETE)."""
+    return scripts.keys_of(session.session_id, principal_of(session.identity))
+
+
+def _over_cap(cap: int) -> CapacityExceeded:
+    return CapacityExceeded(
+        f"this principal holds its maximum of {cap} live sessions over every replica "
+        "(max_sessions_per_principal); close one or retry after some expire"
+    )
 
 
 def _moved(session_id: str) -> SessionMoved:
