@@ -191,7 +191,7 @@ async def _idle(tmp: Path, url: str, args: argparse.Namespace) -> None:
             session_cache_size=args.cache,
             session_ttl_s=3600,
             max_sessions=args.cache + 10_000,
-            max_sessions_per_principal=args.cache + 10_000,
+            max_sessions_per_principal=args.sessions,  # one principal opens all (Redis counts)
         )
     )
     await engine.start()
