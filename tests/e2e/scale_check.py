@@ -189,10 +189,20 @@ def wait_status(stats_url: str, server: str, status: str) -> float:
     )
 
 
+DOCKER_TRIES = 5  # `docker pause` can fail to freeze a busy container ("unable to freeze")
+
+
 def docker(template: str, server: str) -> None:
-    """Run one of the --*-command templates for HAProxy server `server`."""
+    """Run one of the --*-command templates for HAProxy server `server`; a command the engine
+    refuses is tried again (up to DOCKER_TRIES times, 2 s apart) before the check fails."""
     command = shlex.split(template.format(server=server))
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    for attempt in range(1, DOCKER_TRIES + 1):
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode == 0:
+            return
+        print(f"{command[:2]} failed (try {attempt} of {DOCKER_TRIES}): {done.stderr.strip()}")
+        time.sleep(2)
+    raise subprocess.CalledProcessError(done.returncode, command, stderr=done.stderr)
 
 
 def kill_scenario(
