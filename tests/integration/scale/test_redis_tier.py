@@ -295,3 +295,34 @@ async def test_expired_sessions_leave_the_principals_count(
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     await asyncio.sleep(1.5)  # both records expire in Redis (one was never back in memory)
     await open_session(running.stub, GRU_LM)
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_a_stream_step_guarded_by_its_step_count(
+    serve: Callable[..., Awaitable[Running]], redis_aof: RedisServer, store: str
+) -> None:
+    """StreamRequest.expected_step_count: a step sent again at the count it was first sent at is
+    answered again on the state tier (ABORTED in-band in memory mode, where nothing is kept); a
+    wrong count is ABORTED in-band either way, and the stream goes on."""
+    running = await serve(**(tier(redis_aof) if store == "redis" else {}))
+    session = await open_session(running.stub, GRU_LM)
+    call = running.stub.Stream(metadata=identity("alice"))
+    await call.write(pb.StreamRequest(open=pb.OpenSession(session_id=session)))
+    assert (await call.read()).session.session_id == session
+    await call.write(pb.StreamRequest(request_id="1", step=tokens([1, 2])))
+    first = (await call.read()).result
+    await call.write(
+        pb.StreamRequest(request_id="again", step=tokens([1, 2]), expected_step_count=0)
+    )
+    again = await call.read()
+    assert again.request_id == "again"
+    if store == "redis":
+        assert again.result == first
+    else:
+        assert (again.error.code_name, again.error.field) == ("ABORTED", "expected_step_count")
+    await call.write(pb.StreamRequest(request_id="late", step=tokens([3]), expected_step_count=7))
+    late = await call.read()
+    assert (late.error.code_name, late.error.field) == ("ABORTED", "expected_step_count")
+    await call.write(pb.StreamRequest(request_id="next", step=tokens([3]), expected_step_count=2))
+    assert (await call.read()).result.step_count == 3  # the step ran once, the stream goes on
+    await call.done_writing()
