@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from scale_servers import (  # noqa: E402
     HAPROXY_CONFIG,
     HAProxy,
     free_port,
+    launch_haproxy,
     stop_process,
     wait_for_port,
 )
@@ -89,31 +89,14 @@ def haproxy_config(addresses: list[str], path: Path) -> Path:
 
 def start_haproxy(addresses: list[str], workdir: Path, cores: set[int] | None) -> HAProxy:
     """HAProxy in front of `addresses`, pinned to `cores`; returns once every server is UP."""
-    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
     config = haproxy_config(addresses, workdir / "haproxy.cfg")
-    port, stats_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "RNNSERVE_PROXY_BIND": f"127.0.0.1:{port}",
-        "RNNSERVE_PROXY_STATS": f"127.0.0.1:{stats_port}",
-    }
-    with (workdir / "haproxy.log").open("wb") as log:
-        # -db: foreground, so the pid held here is HAProxy itself.
-        process = subprocess.Popen(
-            [binary, "-f", str(config), "-db"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_pinned(cores),
-        )
     names = tuple(f"worker{i + 1}" for i in range(len(addresses)))
-    proxy = HAProxy(process, port, stats_port, servers=names)
+    proxy = launch_haproxy(config, workdir, names, preexec_fn=_pinned(cores))
     try:
-        wait_for_port(port, process)
         # HAProxy's gRPC health check passes only once a worker answers SERVING.
         proxy.wait_for_states({name: "UP" for name in names}, timeout=90)
     except BaseException:
-        stop_process(process)
+        stop_process(proxy.process)
         raise
     return proxy
 

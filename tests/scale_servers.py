@@ -190,34 +190,56 @@ def haproxy_server(
     """HAProxy 2.6 running the repository's deploy/haproxy/haproxy.cfg in front of two workers
     (or "host:port" addresses of gRPC servers), on free ports; yields once both pass its gRPC
     health check (or at once, without `wait_up`)."""
-    binary = require_binary("haproxy", "haproxy")
+    require_binary("haproxy", "haproxy")
     if len(workers) != 2:
         raise ValueError("deploy/haproxy/haproxy.cfg names two workers")
     addresses = [w if isinstance(w, str) else w.address for w in workers]
-    port, stats_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "RNNSERVE_PROXY_BIND": f"127.0.0.1:{port}",
-        "RNNSERVE_PROXY_STATS": f"127.0.0.1:{stats_port}",
-        "RNNSERVE_WORKER1": addresses[0],
-        "RNNSERVE_WORKER2": addresses[1],
-    }
-    with (workdir / "haproxy.log").open("wb") as log:
-        # -db: stay in the foreground, so the pid held here is HAProxy itself.
-        process = subprocess.Popen(
-            [binary, "-f", str(HAPROXY_CONFIG), "-db"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    proxy = HAProxy(process, port, stats_port)
+    proxy = launch_haproxy(
+        HAPROXY_CONFIG,
+        workdir,
+        ("worker1", "worker2"),
+        {"RNNSERVE_WORKER1": addresses[0], "RNNSERVE_WORKER2": addresses[1]},
+    )
     try:
-        wait_for_port(port, process)
         if wait_up:
             proxy.wait_for_states({"worker1": "UP", "worker2": "UP"})
         yield proxy
     finally:
+        stop_process(proxy.process)
+
+
+def launch_haproxy(
+    config: Path,
+    workdir: Path,
+    servers: tuple[str, ...],
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> HAProxy:
+    """HAProxy on `config` (with `env`), its front end and stats page on free ports
+    (RNNSERVE_PROXY_BIND / RNNSERVE_PROXY_STATS), logging to workdir/haproxy.log; returns once
+    the front end listens (its backend `servers` may not be UP yet)."""
+    port, stats_port = free_port(), free_port()
+    environment = {
+        **os.environ,
+        **(env or {}),
+        "RNNSERVE_PROXY_BIND": f"127.0.0.1:{port}",
+        "RNNSERVE_PROXY_STATS": f"127.0.0.1:{stats_port}",
+    }
+    with (workdir / "haproxy.log").open("wb") as log:
+        # -db: stay in the foreground, so the pid held here is HAProxy itself.
+        process = subprocess.Popen(
+            [shutil.which("haproxy") or "/usr/sbin/haproxy", "-f", str(config), "-db"],
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
+        )
+    try:
+        wait_for_port(port, process)
+    except BaseException:
         stop_process(process)
+        raise
+    return HAProxy(process, port, stats_port, servers=servers)
 
 
 @dataclass
