@@ -12,7 +12,7 @@ ort = pytest.importorskip("onnxruntime")
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "repository"
 MANIFESTS = sorted(REPOSITORY.glob("*/model.json"))
-PARITY_TOLERANCE = 1e-5
+PARITY_TOLERANCE = 1e-4  # rnnserve.training.export.PARITY_TOLERANCE
 
 
 def test_the_default_demo_model_is_shipped() -> None:

@@ -24,7 +24,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from rnnserve.training.runs import run_config
 
     config = load_config(args.config)
-    record = run_config(config, progress_bar=not args.no_progress, retrain=args.retrain)
+    record = run_config(
+        config, progress_bar=not args.no_progress, retrain=args.retrain, device=args.device
+    )
     print(
         json.dumps(
             {k: record[k] for k in ("name", "metrics", "training_seconds", "steps")}, indent=2
@@ -62,7 +64,9 @@ def _cmd_build_repository(args: argparse.Namespace) -> int:
     for path in paths:
         config = load_config(path)
         if not args.export_only:
-            run_config(config, progress_bar=not args.no_progress, retrain=args.retrain)
+            run_config(
+                config, progress_bar=not args.no_progress, retrain=args.retrain, device=args.device
+            )
         print(f"wrote {publish_run(config, Path(args.output), version=1)}")
     return 0
 
@@ -100,11 +104,17 @@ def _cmd_significance(args: argparse.Namespace) -> int:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from rnnserve.training.config import load_config
-    from rnnserve.training.reproduce import reproduce
+    from rnnserve.training.publish import add_metrics
+    from rnnserve.training.reproduce import reproduce, summary
 
     config = load_config(args.config)
-    report = reproduce(config, Path(args.repository), Path(args.work))
+    rebuilt = Path(args.rebuilt_run) if args.rebuilt_run else None
+    repository = Path(args.repository)
+    report = reproduce(config, repository, Path(args.work), rebuilt, device=args.device)
     print(json.dumps(report, indent=2))
+    if args.write:
+        notes = {"reproduced": summary(report)}
+        print(f"wrote {add_metrics(repository / config.name, {}, notes)}")
     return 0 if report["byte_identical"] else 1
 
 
@@ -134,6 +144,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the training steps run (default auto: a GPU if torch sees one and the task "
+        "can use it, the language models; else the CPU)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="rnnserve-train", description=__doc__)
@@ -147,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="config file, or a shipped model name such as char-lstm")
     train.add_argument("--no-progress", action="store_true")
     train.add_argument("--retrain", action="store_true", help="discard a finished run, start over")
+    _device_argument(train)
     train.set_defaults(func=_cmd_train)
 
     export = sub.add_parser(
@@ -174,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--export-only", action="store_true", help="reuse finished runs")
     build.add_argument("--no-progress", action="store_true")
     build.add_argument("--retrain", action="store_true", help="retrain even finished runs")
+    _device_argument(build)
     build.set_defaults(func=_cmd_build_repository)
 
     kneser_ney = sub.add_parser(
@@ -208,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("config")
     reproduce.add_argument("--repository", default="models/repository")
     reproduce.add_argument("--work", default=".cache/reproduce", help="scratch runs and exports")
+    reproduce.add_argument(
+        "--rebuilt-run",
+        help="compare this finished run folder (model.pt, result.json) of the same config, "
+        "trained elsewhere, instead of training here",
+    )
+    reproduce.add_argument(
+        "--write", action="store_true", help="note the outcome in the shipped manifest"
+    )
+    _device_argument(reproduce)
     reproduce.set_defaults(func=_cmd_reproduce)
 
     inspect = sub.add_parser(

@@ -18,7 +18,9 @@ OUTPUT_NAMES = {"logits": "logits", "value": "value"}
 STATE_INPUTS = ("h0", "c0")
 STATE_OUTPUTS = ("hn", "cn")
 CHUNKS = (7, 13, 1, 16)  # 37 steps, fed in uneven chunks with the state carried
-PARITY_TOLERANCE = 1e-5
+# float32 rounding in the recurrent sums grows with width and steps: over 37 steps from a random
+# state, a 2 x 64 LSTM's outputs differ from PyTorch's by ~1e-6, a 2 x 448 LSTM's by ~4e-5.
+PARITY_TOLERANCE = 1e-4
 
 
 class ParityError(AssertionError):

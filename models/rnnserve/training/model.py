@@ -100,7 +100,8 @@ class RecurrentNet(nn.Module):
     def initial_state(self, batch: int) -> State:
         """Zero state tensors in PyTorch's layout [layers*directions, batch, hidden]."""
         shape = (self.spec.layers * self.spec.directions, batch, self.spec.hidden_size)
-        return tuple(torch.zeros(shape) for _ in range(self.spec.state_count))
+        device = self.head.weight.device
+        return tuple(torch.zeros(shape, device=device) for _ in range(self.spec.state_count))
 
     def _embed(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.embedding(inputs) if self.embedding is not None else inputs

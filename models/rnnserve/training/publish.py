@@ -61,10 +61,16 @@ def publish_run(
     metrics["training_wall_minutes"] = round(record["training_seconds"] / 60, 2)
     metrics["steps"] = float(record["steps"])
     notes = dict(record["notes"])
+    wall = f"{record['training_seconds'] / 60:.1f} min wall"
+    where = (
+        f"on a GPU ({wall}; see environment)"
+        if record.get("device") == "cuda"
+        else f"{cpu_minutes:.1f} CPU minutes on {config.training.threads} thread(s) ({wall} on "
+        "a shared 2-core machine)"
+    )
     notes["training"] = (
-        f"{record['steps']} steps, {cpu_minutes:.1f} CPU minutes on {config.training.threads} "
-        f"thread(s) ({record['training_seconds'] / 60:.1f} min wall on a shared 2-core machine), "
-        f"best at step {record['best_step']}; retrain: rnnserve-train train {config.name}"
+        f"{record['steps']} steps {where}, best at step {record['best_step']}; "
+        f"retrain: rnnserve-train train {config.name}"
     )
     # a run recorded before environments were: it is being exported where it was trained
     notes["environment"] = record.get("environment") or environment(config.training.threads)
@@ -106,13 +112,20 @@ SERVED_NOTE = (
 )
 
 
-def add_metrics(folder: Path, metrics: dict[str, float]) -> Path:
-    """Merge `metrics` (rounded to 6 digits) into a shipped manifest's latest version."""
+def add_metrics(
+    folder: Path, metrics: dict[str, float], notes: dict[str, str] | None = None
+) -> Path:
+    """Merge `metrics` (rounded to 6 digits) and `notes` into a manifest's latest version."""
     path = folder / MANIFEST_FILENAME
     manifest = load_manifest(path)
     latest = manifest.version_info(manifest.latest_version)
     rounded = {k: round(float(v), 6) for k, v in metrics.items()}
-    updated = latest.model_copy(update={"metrics": {**latest.metrics, **rounded}})
+    updated = latest.model_copy(
+        update={
+            "metrics": {**latest.metrics, **rounded},
+            "notes": {**latest.notes, **(notes or {})},
+        }
+    )
     versions = [updated if v.version == latest.version else v for v in manifest.versions]
     dump_manifest(
         ModelManifest.model_validate(

@@ -11,8 +11,8 @@ from rnnserve.training.runs import RESULT_FILE, runs_dir
 
 # model -> (held-out metric in the manifest, target as text)
 TARGETS: dict[str, tuple[str, str]] = {
-    "char-lstm": ("test_nats_per_char", "<= 1.6 nats/char"),
-    "char-gru": ("test_nats_per_char", "report beside the LSTM"),
+    "char-lstm": ("test_nats_per_char", "<= 1.36 nats/char (the Kneser-Ney 7-gram)"),
+    "char-gru": ("test_nats_per_char", "beside the LSTM, <= 1.36 nats/char"),
     "char-rnn": ("test_nats_per_char", "report beside the LSTM"),
     "sentiment-gru": ("test_accuracy", ">= 0.75 and above bag-of-words logistic regression"),
     "births-lstm": ("test_mae_thousands", ">= 20% lower MAE than seasonal naive"),
@@ -29,6 +29,60 @@ def _records(root: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
+def _on_gpu(record: dict[str, Any]) -> bool:
+    return record.get("device") == "cuda"
+
+
+def _minutes(record: dict[str, Any]) -> tuple[list[float], str]:
+    """Each evaluation's time: GPU runs' wall minutes, CPU runs' CPU minutes (their budget)."""
+    history = record["history"]
+    if _on_gpu(record):
+        return [h["seconds"] / 60 for h in history], "minutes on a GPU (wall)"
+    # runs from before the CPU budget logged wall seconds only (and the trainer charged those)
+    minutes = [h.get("cpu_seconds_per_thread", h["seconds"]) / 60 for h in history]
+    return minutes, "CPU minutes (1 thread)"
+
+
+def _training(record: dict[str, Any]) -> str:
+    if _on_gpu(record):
+        return f"{record['training_seconds'] / 60:.1f} min on a GPU, {record['steps']} steps"
+    minutes = record["training_cpu_seconds_per_thread"] / 60
+    return f"{minutes:.1f} CPU min, {record['steps']} steps"
+
+
+def plot_char_models(records: dict[str, dict[str, Any]], output: Path) -> Path | None:
+    """The character models' validation nats/char against steps, with the 7-gram's line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ("char-lstm", "char-gru", "char-rnn") if records.get(n, {}).get("history")]
+    if not names:
+        return None
+    figure, axis = plt.subplots(figsize=(6.5, 3.8))
+    for name in names:
+        history = records[name]["history"]
+        label = f"{name} ({_training(records[name])})"
+        axis.plot(
+            [h["step"] for h in history], [h["val_nats_per_char"] for h in history], label=label
+        )
+    baseline = records[names[0]]["metrics"].get("baseline_kneser_ney_7gram_val_nats_per_char")
+    if baseline is not None:
+        axis.axhline(
+            baseline, color="grey", linestyle="--", label=f"Kneser-Ney 7-gram {baseline:.3f}"
+        )
+    axis.set_xlabel("training steps (128 streams x 128 characters each)")
+    axis.set_ylabel("validation nats/char")
+    axis.set_ylim(1.15, 2.0)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    path = output / "curve-char-models.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def plot_curves(records: dict[str, dict[str, Any]], output: Path) -> list[Path]:
     """One PNG per run: training loss and the validation metric against CPU minutes."""
     import matplotlib
@@ -42,11 +96,10 @@ def plot_curves(records: dict[str, dict[str, Any]], output: Path) -> list[Path]:
         if not history:
             continue
         metric = next(k for k in history[0] if k.startswith("val_") and k != "val_loss")
-        # runs from before the CPU budget logged wall seconds only (and the trainer charged those)
-        minutes = [h.get("cpu_seconds_per_thread", h["seconds"]) / 60 for h in history]
+        minutes, unit = _minutes(record)
         figure, axis = plt.subplots(figsize=(6, 3.4))
         axis.plot(minutes, [h["train_loss"] for h in history], marker="o", label="train loss")
-        axis.set_xlabel("CPU minutes (1 thread)")
+        axis.set_xlabel(unit)
         axis.set_ylabel("train loss")
         other = axis.twinx()
         other.plot(minutes, [h[metric] for h in history], marker="s", color="C1", label=metric)
@@ -62,26 +115,19 @@ def plot_curves(records: dict[str, dict[str, Any]], output: Path) -> list[Path]:
 
 
 def lm_comparison(records: dict[str, dict[str, Any]]) -> list[str]:
-    """Validation nats/char of each char model, and the LSTM's at the others' CPU budget."""
+    """Validation nats/char of each char model, and the LSTM's at the same step."""
     lines = []
     lstm = records.get("char-lstm")
     for name in ("char-lstm", "char-gru", "char-rnn"):
         record = records.get(name)
         if record is None:
             continue
-        budget = record["training_cpu_seconds_per_thread"]
         value = record["metrics"]["val_nats_per_char"]
-        line = f"{name}: val {value:.3f} nats/char after {budget / 60:.1f} CPU min"
+        line = f"{name}: val {value:.3f} nats/char after {_training(record)}"
         if lstm is not None and name != "char-lstm":
-            earlier = [
-                h
-                for h in lstm["history"]
-                if h.get("cpu_seconds_per_thread", h["seconds"]) <= budget
-            ]
-            if earlier:
-                line += (
-                    f"; char-lstm had {min(h['val_nats_per_char'] for h in earlier):.3f} by then"
-                )
+            same_step = [h for h in lstm["history"] if h["step"] <= record["steps"]]
+            if same_step:
+                line += f"; char-lstm had {same_step[-1]['val_nats_per_char']:.3f} at that step"
         lines.append(line)
     return lines
 
@@ -102,17 +148,19 @@ def results_table(repository: Path, records: dict[str, dict[str, Any]]) -> str:
             if k.startswith("baseline_") and "test" in k
         )
         # a model whose run is not in this checkout: its manifest has the same figures
+        environment = manifest.versions[-1].notes.get("environment", "")
         record = records.get(manifest.name) or {
             "training_cpu_seconds_per_thread": 60
             * metrics.get("training_cpu_minutes_per_thread", 0),
+            "training_seconds": 60 * metrics.get("training_wall_minutes", 0),
             "steps": int(metrics.get("steps", 0)),
+            "device": "cuda" if "CUDA" in environment else "cpu",
         }
-        minutes = record["training_cpu_seconds_per_thread"] / 60
         rows.append(
             f"| {manifest.name} | {manifest.cell}{' (bi)' if manifest.bidirectional else ''} "
             f"| {manifest.architecture.parameters:,} "
             f"| {metric} {metrics.get(metric, float('nan')):.4g} | {target} | {baseline or '-'} "
-            f"| {minutes:.1f} CPU min, {record['steps']} steps |"
+            f"| {_training(record)} |"
         )
     return "\n".join(rows) + "\n"
 
@@ -122,6 +170,7 @@ def write_report(repository: Path, output: Path, root: Path | None = None) -> st
     output.mkdir(parents=True, exist_ok=True)
     records = _records(root or runs_dir())
     plot_curves(records, output)
+    plot_char_models(records, output)
     text = (
         results_table(repository, records)
         + "\n"

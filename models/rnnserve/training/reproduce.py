@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ from onnx import numpy_helper
 from rnnserve.server.manifest import MANIFEST_FILENAME, ONNX_FILENAME, file_sha256, load_manifest
 from rnnserve.training.config import RunConfig
 from rnnserve.training.publish import publish_run
-from rnnserve.training.runs import environment, run_config
+from rnnserve.training.runs import environment, finished_record, run_config
 
 
 def compare_onnx(shipped: Path, rebuilt: Path) -> dict[str, Any]:
@@ -37,14 +39,32 @@ def compare_onnx(shipped: Path, rebuilt: Path) -> dict[str, Any]:
     return report
 
 
-def reproduce(config: RunConfig, repository: Path, work: Path) -> dict[str, Any]:
+def reproduce(
+    config: RunConfig,
+    repository: Path,
+    work: Path,
+    rebuilt_run: Path | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
     """Train `config` from scratch in `work`, export it there, and compare with the shipped model.
 
+    `rebuilt_run`: a finished run folder of the same config (model.pt, result.json) trained
+    elsewhere, say on another machine or a GPU, compared instead of training here.
     Returns the comparison (compare_onnx), the rebuilt and shipped metrics side by side, the
-    environment, and whether the shipped run's CPU budget bound (then its step count and its
-    learning-rate schedule followed the machine's speed, and no rerun can match it exactly).
+    environments, and the step counts.
     """
-    record = run_config(config, root=work / "runs", progress_bar=False, retrain=True)
+    runs = work / "runs"
+    if rebuilt_run is None:
+        record = run_config(config, root=runs, progress_bar=False, retrain=True, device=device)
+    else:
+        found = finished_record(config, rebuilt_run)
+        if found is None:
+            raise ValueError(f"{rebuilt_run}: no finished run of {config.name} with this config")
+        record = found
+        shutil.rmtree(runs / config.name, ignore_errors=True)
+        shutil.copytree(
+            rebuilt_run, runs / config.name, ignore=shutil.ignore_patterns("checkpoint*")
+        )
     rebuilt_manifest = load_manifest(publish_run(config, work / "repository", root=work / "runs"))
     shipped_manifest = load_manifest(repository / config.name / MANIFEST_FILENAME)
     version = shipped_manifest.latest_version
@@ -65,5 +85,24 @@ def reproduce(config: RunConfig, repository: Path, work: Path) -> dict[str, Any]
         key: shipped_manifest.version_info(version).notes.get(key, "not recorded")
         for key in ("environment", "reproducibility")
     }
-    report["environment"] = environment()
+    report["environment"] = record.get("environment") or environment()
     return report
+
+
+def summary(report: dict[str, Any]) -> str:
+    """One line for the shipped manifest's notes: how close a rebuild came."""
+    if report["byte_identical"]:
+        outcome = "byte-identical ONNX file"
+    elif report.get("same_tensors"):
+        outcome = f"weights differ by at most {report['max_abs_weight_diff']:.3g}"
+    else:
+        outcome = "other tensors"
+    metrics = "; ".join(
+        f"{key} {pair['rebuilt']:.4f} (shipped {pair['shipped']:.4f})"
+        for key, pair in report["metrics"].items()
+        if key.startswith("test_")
+    )
+    return (
+        f"{dt.date.today().isoformat()}: a rebuild ({report['environment']}, "
+        f"{report['rebuilt_steps']} steps) gave {outcome}; {metrics}"
+    )

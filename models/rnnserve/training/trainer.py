@@ -87,13 +87,16 @@ def train(
     history: list[dict[str, float]] = []
     best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     best_metrics: dict[str, float] = {}
+    device = next(model.parameters()).device  # the caller put the model (and task) there
     if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
+        saved = torch.load(checkpoint, weights_only=False, map_location=device)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         task.load_state_dict(saved["task"])
         rng.bit_generator.state = saved["rng"]
-        torch.set_rng_state(saved["torch_rng"])
+        torch.set_rng_state(saved["torch_rng"].cpu())
+        if device.type == "cuda" and "cuda_rng" in saved:  # dropout draws from the GPU's generator
+            torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), device)
         step, elapsed_before = saved["step"], saved["elapsed"]
         cpu_before = saved.get("cpu_per_thread", elapsed_before)
         best, best_step, bad = saved["best"], saved["best_step"], saved["bad"]
@@ -168,6 +171,11 @@ def train(
                         "task": task.state_dict(),
                         "rng": rng.bit_generator.state,
                         "torch_rng": torch.get_rng_state(),
+                        **(
+                            {"cuda_rng": torch.cuda.get_rng_state(device)}
+                            if device.type == "cuda"
+                            else {}
+                        ),
                         "step": step,
                         "elapsed": time.perf_counter() - started,
                         "cpu_per_thread": budget_used(),

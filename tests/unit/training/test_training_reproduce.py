@@ -85,3 +85,40 @@ def test_a_run_ended_by_its_cpu_budget_is_reported_as_not_reproducible() -> None
     assert reproducibility_note(config, record).startswith("not byte-reproducible")
     record = {"steps": 1000, "training_cpu_seconds_per_thread": 12.0, "stopped_early": False}
     assert reproducibility_note(config, record).startswith("deterministic")
+
+
+def test_a_gpu_run_is_reported_as_not_reproducible_with_its_reason() -> None:
+    from rnnserve.training.runs import reproducibility_note
+
+    record = {"steps": 12, "training_cpu_seconds_per_thread": 3.0, "stopped_early": False}
+    note = reproducibility_note(_config(), {**record, "device": "cuda"})
+    assert note.startswith("not byte-reproducible: trained on a GPU (12 steps")
+    assert "cuDNN" in note and "--device cpu" in note
+
+
+def test_reproduce_compares_a_run_trained_elsewhere_and_notes_it_in_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _build(_config(), tmp_path / "shipped")
+    run_config(_config(seed=5), root=tmp_path / "elsewhere", progress_bar=False)
+    path = tmp_path / "tiny-lstm.json"
+    repository = tmp_path / "shipped" / "repository"
+
+    # a run of another config (another seed) is not a rebuild of the shipped one
+    path.write_text(json.dumps(_config().to_dict()))
+    rebuilt = str(tmp_path / "elsewhere" / "tiny-lstm")
+    with pytest.raises(ValueError, match="no finished run of tiny-lstm with this config"):
+        main(["reproduce", str(path), "--repository", str(repository), "--rebuilt-run", rebuilt])
+
+    # the same config trained elsewhere: compared, not retrained, and noted with --write
+    run_config(_config(), root=tmp_path / "gpu", progress_bar=False)
+    rebuilt = str(tmp_path / "gpu" / "tiny-lstm")
+    args = ["reproduce", str(path), "--repository", str(repository), "--rebuilt-run", rebuilt]
+    assert main([*args, "--write"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{\n") : out.rindex("}") + 1])
+    assert report["byte_identical"] and report["rebuilt_steps"] == 12
+    note = load_manifest(repository / "tiny-lstm" / "model.json").versions[0].notes["reproduced"]
+    assert "byte-identical ONNX file" in note and "test_nats_per_char" in note
+    assert not (tmp_path / ".cache" / "reproduce" / "runs" / "tiny-lstm" / "checkpoint.pt").exists()

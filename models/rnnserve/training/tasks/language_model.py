@@ -51,6 +51,13 @@ class LanguageModelTask:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.position, self.epoch, self.state = state["position"], state["epoch"], state["state"]
 
+    def to(self, device: torch.device) -> None:
+        """Keep the text (and the state carried between chunks) where the model runs."""
+        self.splits = {name: ids.to(device) for name, ids in self.splits.items()}
+        self.train_streams = self.train_streams.to(device)
+        if self.state is not None:
+            self.state = tuple(tensor.to(device) for tensor in self.state)
+
     def train_loss(self, model: nn.Module, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
         """Next chunk of every stream; the state from the previous chunk is carried (detached)."""
         length = self.train_streams.shape[1]
