@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import grpc
 import pytest
 from rnnserve.v1 import rnnserve_pb2 as pb
-from server_helpers import Running
+from server_helpers import Running, expect_error, identity, open_session, step
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "repository"
 LAST_LABEL = pb.OutputOptions(steps=pb.OUTPUT_STEPS_LAST, format=pb.OUTPUT_FORMAT_NONE)
@@ -70,3 +71,30 @@ async def test_tagger_reads_ordinary_text_as_brown_tokens(
     )
     tags = list(reply.results[0].outputs[0].labels)
     assert tags == ["np", "np", "vbd", ",", "``", "pps+bez", "rb", ".", "''"]
+
+
+async def test_text_with_no_words_is_refused_and_the_server_keeps_serving(
+    serve: Callable[..., Awaitable[Running]],
+) -> None:
+    # Text of separators only gives a word model no tokens: onnxruntime's recurrent kernels abort
+    # the whole process on an empty sequence (the fuzzer found it), so it must never get there.
+    rpc = await serve(REPOSITORY, models=["sentiment-gru", "pos-bilstm"])
+    session = await open_session(rpc.stub, "sentiment-gru")
+    await step(rpc.stub, session, pb.StepInput(text="a fine film"))
+    for text in (" ", " \t\n "):
+        err = await expect_error(step(rpc.stub, session, pb.StepInput(text=text)))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.details() or "").startswith("input.text: text has no tokens"), err.details()
+        err = await expect_error(
+            rpc.stub.Predict(
+                pb.PredictRequest(
+                    model=pb.ModelRef(name="pos-bilstm"), sequences=[pb.StepInput(text=text)]
+                )
+            )
+        )
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = await rpc.stub.GetSession(
+        pb.GetSessionRequest(session_id=session), metadata=identity("alice")
+    )
+    assert info.session.step_count == 3  # the three words before; the refused texts took none
+    assert (await step(rpc.stub, session, pb.StepInput(text="boring"))).steps == 1

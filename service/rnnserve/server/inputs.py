@@ -128,7 +128,14 @@ def validate_input(
         if not data:
             raise InvalidInput("text is empty; send at least one symbol", field="text")
         # the step cap is checked while encoding: a long text stops as soon as it is too long
-        return (codec or TextCodec(spec, manifest.name)).encode(data, "text", max_steps)
+        ids = (codec or TextCodec(spec, manifest.name)).encode(data, "text", max_steps)
+        if ids.shape[0] == 0:  # a word model's text of spaces only: nothing to run
+            raise InvalidInput(
+                f"text has no tokens for model {manifest.name!r} (only separators); send at "
+                "least one word",
+                field="text",
+            )
+        return ids
     array = np.asarray(data)
     if array.dtype.kind in "iu":
         return _validate_tokens(manifest, array, max_steps)

@@ -81,6 +81,10 @@ class OnnxModel:
         self, inputs: npt.NDArray[np.generic], states: Sequence[FloatArray]
     ) -> tuple[list[FloatArray], list[FloatArray]]:
         """One onnxruntime call -> (outputs [batch, time, *shape], new states), manifest order."""
+        if inputs.ndim < 2 or inputs.shape[0] == 0 or inputs.shape[1] == 0:
+            # onnxruntime's recurrent kernels abort the whole process (std::terminate) on an
+            # empty sequence: validation refuses one first; this keeps a slip from killing it
+            raise ValueError(f"model {self.key}: no steps to run (inputs {list(inputs.shape)})")
         feeds: dict[str, npt.NDArray[np.generic]] = {self.input_name: inputs}
         for name, value in zip(self.state_input_names, states, strict=True):
             feeds[name] = value

@@ -112,3 +112,21 @@ async def test_unknown_model_or_version(engine: InferenceEngine) -> None:
 async def test_bidirectional_model_cannot_be_streamed(engine: InferenceEngine) -> None:
     with pytest.raises(ModelNotStreamable, match="Predict"):
         await engine.create_session(tm.TAGGER, 0, ME)
+
+
+@pytest.mark.parametrize("shape", [(1, 0), (0, 3), (3,)])
+def test_the_runtime_refuses_an_empty_call_rather_than_reach_onnxruntime(
+    tmp_path: Any, shape: tuple[int, ...]
+) -> None:
+    # onnxruntime's recurrent kernels call std::terminate on an empty sequence (found by fuzzing
+    # with a word model's text of spaces): the last guard turns that into an exception
+    from rnnserve.server.manifest import ONNX_FILENAME
+    from rnnserve.server.runtime import OnnxModel
+
+    manifest = tm.build_repository(tmp_path)[tm.GRU_LM]
+    model = OnnxModel(manifest, 1, tmp_path / tm.GRU_LM / "1" / ONNX_FILENAME)
+    state = np.zeros((1, max(shape[0], 1), 10), np.float32)
+    with pytest.raises(ValueError, match="no steps to run"):
+        model.run(np.zeros(shape, np.int64), [state])
+    outputs, _ = model.run(np.zeros((1, 2), np.int64), [np.zeros((1, 1, 10), np.float32)])
+    assert outputs[0].shape[:2] == (1, 2)
