@@ -116,6 +116,8 @@ def _groups(chosen: list[Scenario]) -> list[list[Scenario]]:
 def _bounds(scenario: Scenario, duration_s: float) -> dict[str, Any]:
     if not scenario.timed:
         return {}
+    if scenario.load.get("mode") == "generate":  # calls of `steps` tokens, one after another
+        return {"duration_s": duration_s, "sessions": LONG}
     concurrency = scenario.load.get("concurrency", 1)
     return {"duration_s": duration_s, "steps": LONG, "sessions": concurrency}
 
@@ -224,6 +226,15 @@ def evaluate_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
                 note=f"echo {echo['steps_per_s']:,.0f} steps/s")  # fmt: skip
             targets[-1]["met"] = targets[-1]["met"] and rns["errors"] == 0
             add(f"{c} streams: zero errors", rns["errors"], 0, lower_is_better=True, note="")
+    for c in (1, 64):  # the model's time per token at the batch that many generations make
+        echo, rns = server(f"generate-c{c}", "echo"), server(f"generate-c{c}", "rnnserve")
+        if echo and rns:
+            model_s = floors["step"][str(c)]["per_token_s"]
+            floor = 1 / (1 / echo["steps_per_s"] + model_s)
+            note = f"echo {echo['steps_per_s']:,.0f} tok/s, model {model_s * 1e6:.1f} us/token"
+            add(f"Generate, {c} concurrent >= 0.75 x (echo + model) tokens/s", rns["steps_per_s"],
+                0.75 * floor, lower_is_better=False, note=note)  # fmt: skip
+            targets[-1]["met"] = targets[-1]["met"] and rns["errors"] == 0
     single, chunk = server("stream-c1", "rnnserve"), server("chunk64-c1", "rnnserve")
     if single and chunk:
         add("chunked (64/msg) server CPU per token <= 1/5 of single steps",

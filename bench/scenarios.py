@@ -47,6 +47,16 @@ def scenarios(positions: tuple[int, ...]) -> list[Scenario]:
         )
         for c in (1, 16)
     ]
+    # Server-side generation: a prompt of 8 tokens, then 200 sampled tokens, each its own message.
+    items += [
+        Scenario(
+            f"generate-c{c}",
+            f"Generate, {c} concurrent (8-token prompt, 200 tokens a call)",
+            both,
+            {"mode": "generate", "concurrency": c, "steps": 200, "steps_per_message": 8},
+        )
+        for c in (1, 64)
+    ]
     # Per-token cost by position: a few hundred timed messages right after the start position.
     items += [
         Scenario(
