@@ -47,12 +47,18 @@ class Sampler:
         params = self.params
         if params.temperature == 0:
             return int(np.argmax(logits))
-        scores = np.asarray(logits, dtype=np.float64) / params.temperature
+        # One float64 buffer worked in place, with the ufuncs' own reductions (no Python-level
+        # numpy wrappers): this runs once per generated token. The arithmetic, and so every draw,
+        # is the same as computing each step into a new array.
+        scores = np.array(logits, dtype=np.float64)
+        if params.temperature != 1:
+            scores /= params.temperature
         if 0 < params.top_k < scores.shape[0]:
             threshold = np.partition(scores, -params.top_k)[-params.top_k]
-            scores = np.where(scores >= threshold, scores, -np.inf)
-        probabilities = np.exp(scores - scores.max())
-        probabilities /= probabilities.sum()
+            scores[scores < threshold] = -np.inf
+        scores -= _MAX(scores)
+        probabilities = np.exp(scores, out=scores)
+        probabilities /= _SUM(probabilities)
         if params.top_p < 1:
             order = np.argsort(-probabilities, kind="stable")
             cumulative = np.cumsum(probabilities[order])
@@ -61,9 +67,14 @@ class Sampler:
             mask = np.zeros_like(probabilities)
             mask[keep] = probabilities[keep]
             probabilities = mask / mask.sum()
-        cumulative = np.cumsum(probabilities)
+        cumulative = _SUM_ACCUMULATE(probabilities, out=probabilities)
         draw = self._rng.random() * cumulative[-1]
-        return int(min(np.searchsorted(cumulative, draw, side="right"), len(cumulative) - 1))
+        return min(int(cumulative.searchsorted(draw, side="right")), len(cumulative) - 1)
+
+
+_MAX = np.maximum.reduce
+_SUM = np.add.reduce
+_SUM_ACCUMULATE = np.add.accumulate
 
 
 class StopMatcher:
