@@ -239,3 +239,40 @@ async def test_generation_without_a_prompt_continues_from_the_last_step(
     await engine.reset_session(session, ME)
     with pytest.raises(InvalidInput, match="no output yet"):
         await anext(engine.generate(GenerationRequest(session_id=session, max_tokens=3), ME))
+
+
+def _reference_draw(rng: np.random.Generator, params: SamplingParams, logits: np.ndarray) -> int:
+    """The sampling rule written plainly, one new array a step (what Sampler must equal)."""
+    scores = np.asarray(logits, dtype=np.float64) / params.temperature
+    if 0 < params.top_k < scores.shape[0]:
+        threshold = np.partition(scores, -params.top_k)[-params.top_k]
+        scores = np.where(scores >= threshold, scores, -np.inf)
+    probabilities = np.exp(scores - scores.max())
+    probabilities /= probabilities.sum()
+    if params.top_p < 1:
+        order = np.argsort(-probabilities, kind="stable")
+        keep = order[: int(np.searchsorted(np.cumsum(probabilities[order]), params.top_p)) + 1]
+        mask = np.zeros_like(probabilities)
+        mask[keep] = probabilities[keep]
+        probabilities = mask / mask.sum()
+    cumulative = np.cumsum(probabilities)
+    draw = rng.random() * cumulative[-1]
+    return int(min(np.searchsorted(cumulative, draw, side="right"), len(cumulative) - 1))
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"),
+    [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 40, 1.0), (0.9, 0, 0.9), (0.5, 5, 0.5)],
+)
+def test_sampler_draws_exactly_what_the_plain_rule_draws(
+    temperature: float, top_k: int, top_p: float
+) -> None:
+    # the sampler works in place for speed; every draw must stay the same as the plain rule's
+    source = np.random.default_rng(3)
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=11)
+    sampler, reference = Sampler(params), np.random.default_rng(11)
+    for step in range(400):
+        logits = (source.standard_normal(81) * (1 + step % 7 * 4)).astype(np.float32)
+        if step % 13 == 0:
+            logits[:] = 0.0  # all tied
+        assert sampler.sample(logits) == _reference_draw(reference, params, logits)
