@@ -1,8 +1,9 @@
 """The benchmark's model: the shipped char-lstm if present, else a random-weight twin (2x256 LSTM).
 
 Run as a script (`python bench/model.py OUT_DIR`) it writes a model repository holding a
-`char-lstm` with the shipped model's shape (vocabulary 100, embedding 64, 2 layers of 256) and
-random weights: speed does not depend on the weights. Torch is imported only here, in a child
+`char-lstm` of the shape the peers are measured with and the shipped model had until issue 13
+(vocabulary 100, embedding 64, 2 layers of 256; the shipped one is 2 x 448 now) and random
+weights: speed does not depend on the weights. Torch is imported only here, in a child
 process, so the benchmark process itself stays lean.
 """
 
