@@ -291,7 +291,7 @@ class InferenceEngine(InferenceCore):
         """
         with self._work():
             await self._hold(session_id, identity)
-            if expected_step_count is not None and self.tier is not None:
+            if expected_step_count is not None:
                 again = await self._answer_again(
                     self.sessions.get(session_id, identity),
                     expected_step_count,

@@ -125,14 +125,14 @@ def validate_input(
                 f"model {manifest.name!r} takes feature frames of width {spec.width}, not text",
                 field="text",
             )
-        if not data:
-            raise InvalidInput("text is empty; send at least one symbol", field="text")
         # the step cap is checked while encoding: a long text stops as soon as it is too long
         ids = (codec or TextCodec(spec, manifest.name)).encode(data, "text", max_steps)
-        if ids.shape[0] == 0:  # a word model's text of spaces only: nothing to run
+        if ids.shape[0] == 0:  # nothing to run (onnxruntime must never see an empty sequence)
             raise InvalidInput(
-                f"text has no tokens for model {manifest.name!r} (only separators); send at "
-                "least one word",
+                "text is empty; send at least one symbol"
+                if not data
+                else f"text has no tokens for model {manifest.name!r} (only separators); send "
+                "at least one word",
                 field="text",
             )
         return ids

@@ -92,6 +92,15 @@ class Session:
         return self.store.step_count(self.slot)
 
 
+def over_principal_cap(cap: int, where: str = "") -> CapacityExceeded:
+    """The refusal of a new session whose principal already holds `cap` live ones (`where`:
+    " over every replica" when a shared state tier counted them)."""
+    return CapacityExceeded(
+        f"this principal holds its maximum of {cap} live sessions{where} "
+        "(max_sessions_per_principal); close one or retry after some expire"
+    )
+
+
 class SessionManager:
     """Owns every live session; all methods run on the event loop thread.
 
@@ -218,10 +227,7 @@ class SessionManager:
         if self._per_principal.get(principal, 0) >= cap:
             self.reap()  # the principal's own idle-expired sessions may not be reaped yet
         if self._per_principal.get(principal, 0) >= cap:
-            raise CapacityExceeded(
-                f"this principal holds its maximum of {cap} live sessions "
-                "(max_sessions_per_principal); close one or retry after some expire"
-            )
+            raise over_principal_cap(cap)
 
     def get(self, session_id: str, identity: str) -> Session:
         """The live session, if `identity` owns it; else SessionNotFound.

@@ -19,7 +19,6 @@ from redis.retry import Retry
 from rnnserve.server import metrics, snapshot
 from rnnserve.server.domain import FloatArray, OutputSteps
 from rnnserve.server.errors import (
-    CapacityExceeded,
     InvalidSnapshot,
     SessionMoved,
     SessionStateInvalid,
@@ -29,7 +28,13 @@ from rnnserve.server.inputs import ModelInput
 from rnnserve.server.logs import short_id
 from rnnserve.server.persistence import SessionPersistence
 from rnnserve.server.registry import CommittedStep
-from rnnserve.server.sessions import ModelKey, Session, SessionManager, principal_of
+from rnnserve.server.sessions import (
+    ModelKey,
+    Session,
+    SessionManager,
+    over_principal_cap,
+    principal_of,
+)
 from rnnserve.server.settings import Settings
 from rnnserve.server.state_tier import replies, scripts
 
@@ -377,7 +382,7 @@ class RedisStateTier:
                 _resolve(entry.future)
             elif int(result) == 2:  # a new session over its principal's cap (all replicas)
                 self._sessions.drop(session)
-                _fail(entry.future, _over_cap(cap))
+                _fail(entry.future, over_principal_cap(cap, " over every replica"))
             else:
                 self._lose(session)
                 _fail(entry.future, _moved(session.session_id))
@@ -683,13 +688,6 @@ class RedisStateTier:
 def _keys(session: Session) -> tuple[str, str]:
     """The session's record key and its principal's key (scripts.WRITE, RENEW, DELETE)."""
     return scripts.keys_of(session.session_id, principal_of(session.identity))
-
-
-def _over_cap(cap: int) -> CapacityExceeded:
-    return CapacityExceeded(
-        f"this principal holds its maximum of {cap} live sessions over every replica "
-        "(max_sessions_per_principal); close one or retry after some expire"
-    )
 
 
 def _moved(session_id: str) -> SessionMoved:

@@ -157,6 +157,11 @@ def decode_input(
     return text
 
 
+def decode_expected_step_count(request: pb.StepRequest | pb.StreamRequest) -> int | None:
+    """The step count a step message is guarded by, if it sets one (an optional field)."""
+    return request.expected_step_count if request.HasField("expected_step_count") else None
+
+
 def input_size(message: pb.StepInput) -> tuple[int, int]:
     """(steps, text characters) a StepInput states, read without decoding it: token ids and
     feature rows count as steps (a negative row count as none: decoding refuses it), text as

@@ -84,7 +84,6 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
     @rpc_handler
     async def Step(self, request: pb.StepRequest, context: Any) -> pb.StepResponse:
         response = pb.StepResponse()
-        expected = request.expected_step_count if request.HasField("expected_step_count") else None
         await run_step(
             self._core,
             response.result,
@@ -94,7 +93,7 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
             input_field="input",
             output=request.output,
             deadline=deadline_of(context),
-            expected_step_count=expected,
+            expected_step_count=codecs.decode_expected_step_count(request),
             limits=self._limits,
         )
         return response

@@ -205,9 +205,7 @@ class StreamConversation:
                 input_field="step",
                 output=request.output,
                 deadline=deadline_of(self._context),
-                expected_step_count=(
-                    request.expected_step_count if request.HasField("expected_step_count") else None
-                ),
+                expected_step_count=codecs.decode_expected_step_count(request),
                 limits=self._limits,
             )
             return response
