@@ -189,6 +189,30 @@ def wait_status(stats_url: str, server: str, status: str) -> float:
     )
 
 
+# HAProxy marks a server DOWN after 2 failed checks 1 s apart (deploy/haproxy/haproxy.cfg).
+SETTLE_S = 3.0
+
+
+def wait_settled_up(stats_url: str, server: str) -> None:
+    """Until HAProxy has reported `server` UP for SETTLE_S without a break.
+
+    A replica killed with `docker kill` can be started twice: by the check's start command and
+    by the container's own restart policy, whose second start replaces the process HAProxy just
+    found healthy with one that is still starting (and refuses calls with UNAVAILABLE).
+    """
+    up_since: list[float] = []
+
+    def settled() -> bool:
+        if not proxy_servers(stats_url)[server]["status"].startswith("UP"):
+            up_since.clear()
+            return False
+        if not up_since:
+            up_since.append(time.monotonic())
+        return time.monotonic() - up_since[0] >= SETTLE_S
+
+    wait_for(f"HAProxy reporting {server} UP for {SETTLE_S:.0f} s", settled, 60)
+
+
 DOCKER_TRIES = 5  # `docker pause` can fail to freeze a busy container ("unable to freeze")
 
 
@@ -260,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
         if args.start_command:
             # The killed replica comes back (a fresh process) for the stale-replica scenario.
             docker(args.start_command, victim)
-            wait_status(args.stats, victim, "UP")
+            wait_settled_up(args.stats, victim)
             passed = stale_scenario(args, client, reference) and passed
     return 0 if passed else 1
 
