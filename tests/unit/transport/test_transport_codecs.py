@@ -107,6 +107,21 @@ def test_output_options_defaults_and_values() -> None:
     )
 
 
+def test_output_options_decoded_once_per_combination_stay_exact_and_bounded() -> None:
+    # the decoded options are kept per (steps, format, top_k): each combination still decodes
+    # to its own values, an invalid one is refused every time, and the kept set stays bounded
+    for top_k in range(3000):
+        message = pb.OutputOptions(format=pb.OUTPUT_FORMAT_TOP_K, top_k=top_k)
+        for _ in range(2):
+            options = codecs.decode_output_options(message)
+            assert (options.format, options.top_k) == (OutputFormat.TOP_K, top_k or 5)
+    assert len(codecs._DECODED_OPTIONS) <= 1024
+    for _ in range(2):
+        with pytest.raises(InvalidInput) as caught:
+            codecs.decode_output_options(pb.OutputOptions(steps=7), field="step.output")
+        assert caught.value.field == "step.output.steps"
+
+
 def test_unknown_enum_value_names_the_field() -> None:
     with pytest.raises(InvalidInput) as caught:
         codecs.decode_output_options(pb.OutputOptions(format=99))  # type: ignore[arg-type]

@@ -70,8 +70,11 @@ class StreamConversation:
         inbox = ReadAhead(requests)
         try:
             while (request := await inbox.next()) is not None:
-                if self._joins(request) and (
-                    joined := inbox.take_while(self._joiner(request), MAX_JOINED - 1)
+                # (a client waiting for each reply leaves nothing behind its message: no checks)
+                if (
+                    inbox.waiting
+                    and self._joins(request)
+                    and (joined := inbox.take_while(self._joiner(request), MAX_JOINED - 1))
                 ):
                     for response in await self.answer_together([request, *joined]):
                         yield response
@@ -295,31 +298,33 @@ class ReadAhead:
 
     A task moves requests from gRPC into a buffer (at most MAX_READ_AHEAD); `next` waits for one,
     `take_while` takes those already there. The end of the requests, or the error that ended
-    them, comes out of `next` in order, after the requests received before it.
+    them, comes out of `next` in order, after the requests received before it. The two sides
+    wake each other with a bare future (one waiter each, no asyncio.Event): this runs on every
+    message of every stream.
     """
 
     def __init__(self, requests: AsyncIterator[Incoming]) -> None:
+        self._loop = asyncio.get_running_loop()
         self._buffer: deque[Incoming] = deque()
-        self._arrived = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
+        self._arrived: asyncio.Future[None] | None = None  # `next` waiting for a request
+        self._room: asyncio.Future[None] | None = None  # the reading task waiting for room
         self._ended = False
         self._error: BaseException | None = None
-        self._task = asyncio.get_running_loop().create_task(self._read(requests))
+        self._task = self._loop.create_task(self._read(requests))
 
     async def _read(self, requests: AsyncIterator[Incoming]) -> None:
         try:
             async for request in requests:
                 self._buffer.append(request)
-                self._arrived.set()
+                _wake(self._arrived)
                 if len(self._buffer) >= MAX_READ_AHEAD:
-                    self._room.clear()
-                    await self._room.wait()
+                    self._room = self._loop.create_future()
+                    await self._room
         except Exception as err:  # the call failed while reading: the reader raises it in order
             self._error = err
         finally:
             self._ended = True
-            self._arrived.set()
+            _wake(self._arrived)
 
     async def next(self) -> Incoming | None:
         """The next request (waiting for it), or None once the client has sent its last."""
@@ -328,11 +333,16 @@ class ReadAhead:
                 if self._error is not None:
                     raise self._error
                 return None
-            self._arrived.clear()
-            await self._arrived.wait()
+            self._arrived = self._loop.create_future()
+            await self._arrived
         request = self._buffer.popleft()
-        self._room.set()
+        _wake(self._room)
         return request
+
+    @property
+    def waiting(self) -> int:
+        """Requests received and not yet taken."""
+        return len(self._buffer)
 
     def take_while(
         self, wanted: Callable[[Incoming], TypeGuard[Wanted]], limit: int
@@ -346,7 +356,7 @@ class ReadAhead:
             taken.append(head)
             self._buffer.popleft()
         if taken:
-            self._room.set()
+            _wake(self._room)
         return taken
 
     async def close(self) -> None:
@@ -354,3 +364,9 @@ class ReadAhead:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    """Resolve a side's waiting future, if it is waiting."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
