@@ -50,7 +50,7 @@ def build_outputs(
                 result.tensor = rows
             results.append(result)
             continue
-        argmax = rows.argmax(axis=-1).astype(np.int64)
+        argmax = rows.argmax(axis=-1).astype(np.int64, copy=False)  # no copy where intp is int64
         result.argmax = argmax
         if spec.labels is not None:
             result.labels = [spec.labels[i] for i in argmax.tolist()]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import math
 import time
 from collections import deque
 
@@ -79,6 +79,11 @@ class BatchScheduler:
         self._groups: deque[list[StepRequest]] = deque()
         self._call: ModelCall | None = None  # the group in the worker now
         self._dispatch_scheduled = False
+        # One timer for the whole queue, armed at or before the earliest deadline of a queued
+        # request: it fails the requests whose deadline passed while they waited. (A timer per
+        # request cost a TimerHandle, a heap push and a cancel on every message.)
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_at = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: ModelWorker | None = None
         self._closed = False
@@ -114,10 +119,7 @@ class BatchScheduler:
         assert self._loop is not None, "start() the scheduler first"
         future: asyncio.Future[list[FloatArray]] = self._loop.create_future()
         request = StepRequest(inputs, slot, deadline, future)
-        if deadline is not None:
-            # loop.time() is time.monotonic(), the clock deadlines are given in
-            request.timer = self._loop.call_at(deadline, self._expire, request)
-        self._queue_of(request).append(request)
+        self._enqueue(request)
         if self._call is None and not self._dispatch_scheduled:
             self._dispatch_scheduled = True
             self._loop.call_soon(self._dispatch)
@@ -132,23 +134,45 @@ class BatchScheduler:
         except ValueError:
             return False
         request.status = RequestStatus.DONE
-        if request.timer is not None:
-            request.timer.cancel()
         if not request.future.done():
             request.future.cancel()
         return True
 
-    def _expire(self, request: StepRequest) -> None:
-        """The deadline of a request came while it was still queued: drop it, state untouched."""
-        if request.status is not RequestStatus.QUEUED:
-            return
-        with contextlib.suppress(ValueError):
-            self._queue_of(request).remove(request)
-        request.status = RequestStatus.DONE
-        if not request.future.done():
-            request.future.set_exception(
-                DeadlineExceeded("the deadline passed while the step was queued; state unchanged")
-            )
+    def _enqueue(self, request: StepRequest) -> None:
+        """Queue a request (new, or a long message's next segment), minding its deadline."""
+        self._queue_of(request).append(request)
+        if request.deadline is not None and request.deadline < self._deadline_at:
+            assert self._loop is not None
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+            # loop.time() is time.monotonic(), the clock deadlines are given in
+            self._deadline_at = request.deadline
+            self._deadline_timer = self._loop.call_at(request.deadline, self._expire_due)
+
+    def _expire_due(self) -> None:
+        """The earliest deadline in the queue came: fail every queued request whose deadline
+        passed (state untouched), then wait for the next deadline."""
+        self._deadline_timer, self._deadline_at = None, math.inf
+        now = time.monotonic()
+        for queue in (self._queue, self._bulk):
+            due = [r for r in queue if r.deadline is not None and r.deadline <= now]
+            for request in due:
+                queue.remove(request)
+                request.status = RequestStatus.DONE
+                if not request.future.done():
+                    request.future.set_exception(
+                        DeadlineExceeded(
+                            "the deadline passed while the step was queued; state unchanged"
+                        )
+                    )
+        # the requests still queued (a deadline in a nanosecond counts: the timer comes again)
+        for queue in (self._queue, self._bulk):
+            for request in queue:
+                if request.deadline is not None and request.deadline < self._deadline_at:
+                    self._deadline_at = request.deadline
+        if self._deadline_at < math.inf:
+            assert self._loop is not None
+            self._deadline_timer = self._loop.call_at(self._deadline_at, self._expire_due)
 
     def abandon(self, request: StepRequest) -> None:
         """The awaiting task gave up (cancelled): drop the request, undo its commit if made."""
@@ -168,6 +192,9 @@ class BatchScheduler:
         requests have already failed, so nothing is committed after stop().
         """
         self._closed = True
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer, self._deadline_at = None, math.inf
         error = ShuttingDown("the server is shutting down")
         self._fail([*self._queue, *self._bulk], error)
         self._queue.clear()
@@ -218,9 +245,6 @@ class BatchScheduler:
         batch: list[StepRequest] = []
         while queue and len(batch) < room:
             request = queue.popleft()
-            if request.timer is not None:
-                request.timer.cancel()
-                request.timer = None
             if request.future.done():  # cancelled while queued
                 request.status = RequestStatus.DONE
                 continue
@@ -356,7 +380,7 @@ class BatchScheduler:
                 request.pieces.append([o[index] for o in outputs])
                 request.status = RequestStatus.QUEUED
                 request.enqueued_at = time.monotonic()
-                self._queue_of(request).append(request)
+                self._enqueue(request)
             else:
                 finished.append(index)
         committing = [i for i in finished if order[i].slot is not None]

@@ -35,7 +35,6 @@ class StepRequest:
         "slot",
         "status",
         "steps",
-        "timer",
     )
 
     def __init__(
@@ -64,7 +63,6 @@ class StepRequest:
         # whose task is cancelled after the commit can be rolled back.
         self.commit: Commit | None = None
         self.commit_row = 0
-        self.timer: asyncio.TimerHandle | None = None  # fails the request at its deadline
 
     @property
     def committed(self) -> bool:

@@ -194,6 +194,40 @@ async def test_deadline_passing_in_the_queue_drops_the_step(engine: InferenceEng
     np.testing.assert_array_equal(await feed(engine, session, NEXT), await feed(engine, twin, NEXT))
 
 
+async def test_queued_deadlines_each_expire_on_time_whatever_their_order(
+    engine: InferenceEngine,
+) -> None:
+    # one timer serves the whole queue: a later deadline queued first, an earlier one after it,
+    # and a step without a deadline; each deadline fails its own step when it comes, and the
+    # step without one runs once the model is free
+    late, early, patient = [await twin_session(engine, tm.RNN_LM, PREFIX) for _ in range(3)]
+    other = (await engine.create_session(tm.RNN_LM, 0, ME)).session_id
+    gate = Gate(engine, tm.RNN_LM)
+    blocker = asyncio.create_task(engine.step(other, ME, NEXT, OutputOptions()))
+    await gate.wait_entered()
+    started = time.monotonic()
+
+    async def failing_at(session: str, deadline_s: float) -> float:
+        with pytest.raises(DeadlineExceeded, match="queued"):
+            await engine.step(session, ME, NEXT, OutputOptions(), deadline=started + deadline_s)
+        return time.monotonic() - started
+
+    late_task = asyncio.create_task(failing_at(late, 0.4))
+    await asyncio.sleep(0)
+    early_task = asyncio.create_task(failing_at(early, 0.05))
+    patient_task = asyncio.create_task(engine.step(patient, ME, NEXT, OutputOptions()))
+    early_at = await asyncio.wait_for(early_task, 5)
+    assert 0.05 <= early_at < 0.35  # not held until the later deadline
+    assert not late_task.done()
+    assert 0.4 <= await asyncio.wait_for(late_task, 5) < 2.0
+    assert not patient_task.done()
+    gate.open()
+    await blocker
+    assert (await patient_task).step_count == len(PREFIX) + 1
+    for session in (late, early):
+        assert (await engine.get_session(session, ME)).step_count == len(PREFIX)
+
+
 async def test_deadline_passing_while_the_step_runs_commits_nothing(
     engine: InferenceEngine,
 ) -> None:
