@@ -59,17 +59,21 @@ class InferenceServicer(rnnserve_pb2_grpc.InferenceServiceServicer):
         # generator is closed at once, so no further token is computed.
         writer = PacedWriter(context, self._write_timeout_s)
         tokens = self._core.generate(generation, identity_of(context))
-        async with aclosing(tokens) as stream:  # type: ignore[type-var]
-            async for token in stream:
-                SESSION_ID.set(token.session_id)
-                # The first reply's headers name the session (a new one's later calls route by it).
-                headers = session_header(token.session_id)
-                if not await writer.write(codecs.encode_token(token), headers=headers):
-                    raise ClientNotReading(
-                        f"the client read nothing for {writer.timeout_s:g} s "
-                        f"(generate_write_timeout_s); generation stopped after token "
-                        f"{token.index}, at session step count {token.step_count}"
-                    )
+        try:
+            async with aclosing(tokens) as stream:  # type: ignore[type-var]
+                async for token in stream:
+                    SESSION_ID.set(token.session_id)
+                    # The first reply's headers name the session (a new one's later calls route
+                    # by it).
+                    headers = session_header(token.session_id)
+                    if not await writer.write(codecs.encode_token(token), headers=headers):
+                        raise ClientNotReading(
+                            f"the client read nothing for {writer.timeout_s:g} s "
+                            f"(generate_write_timeout_s); generation stopped after token "
+                            f"{token.index}, at session step count {token.step_count}"
+                        )
+        finally:
+            writer.close()
 
     @rpc_handler
     async def CreateSession(
