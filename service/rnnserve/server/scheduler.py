@@ -142,12 +142,16 @@ class BatchScheduler:
         """Queue a request (new, or a long message's next segment), minding its deadline."""
         self._queue_of(request).append(request)
         if request.deadline is not None and request.deadline < self._deadline_at:
-            assert self._loop is not None
-            if self._deadline_timer is not None:
-                self._deadline_timer.cancel()
-            # loop.time() is time.monotonic(), the clock deadlines are given in
-            self._deadline_at = request.deadline
-            self._deadline_timer = self._loop.call_at(request.deadline, self._expire_due)
+            self._arm(request.deadline)
+
+    def _arm(self, when: float) -> None:
+        """(Re)arm the queue's deadline timer for `when`."""
+        assert self._loop is not None
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_at = when
+        # loop.time() is time.monotonic(), the clock deadlines are given in
+        self._deadline_timer = self._loop.call_at(when, self._expire_due)
 
     def _expire_due(self) -> None:
         """The earliest deadline in the queue came: fail every queued request whose deadline
@@ -155,24 +159,15 @@ class BatchScheduler:
         self._deadline_timer, self._deadline_at = None, math.inf
         now = time.monotonic()
         for queue in (self._queue, self._bulk):
-            due = [r for r in queue if r.deadline is not None and r.deadline <= now]
-            for request in due:
+            for request in [r for r in queue if r.deadline is not None and r.deadline <= now]:
                 queue.remove(request)
-                request.status = RequestStatus.DONE
-                if not request.future.done():
-                    request.future.set_exception(
-                        DeadlineExceeded(
-                            "the deadline passed while the step was queued; state unchanged"
-                        )
-                    )
-        # the requests still queued (a deadline in a nanosecond counts: the timer comes again)
-        for queue in (self._queue, self._bulk):
-            for request in queue:
-                if request.deadline is not None and request.deadline < self._deadline_at:
-                    self._deadline_at = request.deadline
-        if self._deadline_at < math.inf:
-            assert self._loop is not None
-            self._deadline_timer = self._loop.call_at(self._deadline_at, self._expire_due)
+                _expire(request)
+        # (a deadline a nanosecond away counts as upcoming: the timer comes again for it)
+        upcoming = [
+            r.deadline for q in (self._queue, self._bulk) for r in q if r.deadline is not None
+        ]
+        if upcoming:
+            self._arm(min(upcoming))
 
     def abandon(self, request: StepRequest) -> None:
         """The awaiting task gave up (cancelled): drop the request, undo its commit if made."""
@@ -249,12 +244,7 @@ class BatchScheduler:
                 request.status = RequestStatus.DONE
                 continue
             if request.deadline is not None and now > request.deadline:
-                request.status = RequestStatus.DONE
-                request.future.set_exception(
-                    DeadlineExceeded(
-                        "the deadline passed while the step was queued; state unchanged"
-                    )
-                )
+                _expire(request)
                 continue
             request.status = RequestStatus.RUNNING
             self._queue_time.observe(now - request.enqueued_at)
@@ -398,3 +388,12 @@ class BatchScheduler:
                 request.pieces = []
             request.carry = None
             request.future.set_result(rows)
+
+
+def _expire(request: StepRequest) -> None:
+    """A request whose deadline passed while it was queued: it fails, the state untouched."""
+    request.status = RequestStatus.DONE
+    if not request.future.done():
+        request.future.set_exception(
+            DeadlineExceeded("the deadline passed while the step was queued; state unchanged")
+        )
