@@ -10,6 +10,7 @@ InvalidInput with a path relative to the input.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,6 +40,8 @@ from rnnserve.server.transport.limits import (
     check_text,
 )
 from rnnserve.v1 import rnnserve_pb2 as pb
+
+_LITTLE_ENDIAN = sys.byteorder == "little"  # float32 raw_data is little-endian on the wire
 
 DEFAULT_TOP_K = 5
 # Wire dtype -> (numpy little-endian dtype, name used in messages).
@@ -384,7 +387,8 @@ def fill_tensor(tensor: pb.Tensor, array: npt.NDArray[np.generic]) -> None:
     """Write an array into `tensor` in place (as encode_tensor)."""
     if array.dtype == np.float32:  # the common case: model outputs
         tensor.dtype = pb.DATA_TYPE_FLOAT32
-        tensor.raw_data = np.ascontiguousarray(array, dtype="<f4").tobytes()
+        # tobytes() writes C order whatever the layout; only the byte order may need a cast
+        tensor.raw_data = (array if _LITTLE_ENDIAN else array.astype("<f4")).tobytes()
     else:
         encoded = encode_tensor(array)
         tensor.dtype, tensor.raw_data = encoded.dtype, encoded.raw_data
