@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from cpu_split import Split, measure
+from cpu_split import Split, add_load_arguments, measure
 from model import NAME, bench_repository
 from servers import ServerProcess, free_port
 
@@ -65,11 +65,8 @@ def compare(servers: dict[str, ServerProcess], args: argparse.Namespace) -> None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev", help="the git revision to compare against (A)")
-    parser.add_argument("-c", "--concurrency", type=int, nargs="+", default=[64])
     parser.add_argument("-n", "--pairs", type=int, default=4)
-    parser.add_argument("-z", "--duration", type=float, default=3.0)
-    parser.add_argument("--mode", choices=["stream", "generate"], default="stream")
-    parser.add_argument("--shipped-model", action="store_true", help="not the 2 x 256 twin")
+    add_load_arguments(parser, concurrency=[64], duration_s=3.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rnnserve-ab-") as work:
         logs = Path(work)

@@ -79,12 +79,19 @@ def measure(
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-c", "--concurrency", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("-z", "--duration", type=float, default=4.0)
+def add_load_arguments(
+    parser: argparse.ArgumentParser, *, concurrency: list[int], duration_s: float
+) -> None:
+    """The load options of bench/cpu_split.py and bench/ab.py."""
+    parser.add_argument("-c", "--concurrency", type=int, nargs="+", default=concurrency)
+    parser.add_argument("-z", "--duration", type=float, default=duration_s)
     parser.add_argument("--mode", choices=["stream", "generate"], default="stream")
     parser.add_argument("--shipped-model", action="store_true", help="not the 2 x 256 twin")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_load_arguments(parser, concurrency=[1, 64], duration_s=4.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rnnserve-cpu-split-") as work:
         logs = Path(work)
