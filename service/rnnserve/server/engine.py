@@ -290,8 +290,7 @@ class InferenceEngine(InferenceCore):
         caller's request (empty: fields relative to the input, "tokens.ids[3]").
         """
         with self._work():
-            if self.tier is not None:  # (not via _hold: one coroutine less on every message)
-                await self.tier.hold(session_id, identity)
+            await self._hold(session_id, identity)
             if expected_step_count is not None:
                 again = await self._answer_again(
                     self.sessions.get(session_id, identity),
@@ -323,9 +322,7 @@ class InferenceEngine(InferenceCore):
         """One message's options and input checked against the model."""
         check_options(options)
         try:
-            if offload.is_long_text(data):
-                return await asyncio.to_thread(served.validate, data)
-            return served.validate(data)
+            return await offload.run_sized(offload.is_long_text(data), served.validate, data)
         except InvalidInput as err:
             raise err.with_field_prefix(input_field) from None
 

@@ -221,6 +221,11 @@ def decode_sequences(
     ]
 
 
+# OutputOptions is frozen: the few combinations clients send are decoded once (every message
+# carries one).
+_DECODED_OPTIONS: dict[tuple[int, int, int], OutputOptions] = {}
+
+
 def decode_output_options(message: pb.OutputOptions, field: str = "output") -> OutputOptions:
     """What a reply carries; unset enums mean all steps, raw outputs; top_k 0 means 5."""
     key = (message.steps, message.format, message.top_k)
@@ -230,11 +235,6 @@ def decode_output_options(message: pb.OutputOptions, field: str = "output") -> O
         if len(_DECODED_OPTIONS) < 1024:  # a client cycling through top_k values stays bounded
             _DECODED_OPTIONS[key] = options
     return options
-
-
-# OutputOptions is frozen: the few combinations clients send are decoded once (every message
-# carries one).
-_DECODED_OPTIONS: dict[tuple[int, int, int], OutputOptions] = {}
 
 
 def _decode_output_options(message: pb.OutputOptions, field: str) -> OutputOptions:
